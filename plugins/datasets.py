@@ -1,0 +1,89 @@
+"""Datasets: the six benchmark sets of the data directory, local files, and the Hugging Face hub."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed import Dataset, DatasetSplits, UserError, hookimpl
+from testbed.data import DATA_DIR_ENV, data_dir, infer_label_names, load_dataset_dir, load_dataset_files, rows_to_texts
+
+BENCHMARKS = {
+    "ag_news": "AG News topic classification, 4 classes (8,000-text train pool, 7,600 test)",
+    "imdb": "IMDB movie-review sentiment, 2 classes (25k train, 25k test, 50k unlabeled)",
+    "sst2": "SST-2 sentence sentiment, 2 classes (6,920 train, 872 dev, 1,821 test)",
+    "trec": "TREC question type, 6 coarse classes (5,452 train, 500 test)",
+    "mr": "Movie-review sentence polarity, 2 classes (9,596 train, 1,066 test)",
+    "sms_spam": "SMS spam detection, 2 classes, 13% spam (4,460 train, 1,114 test)",
+}
+
+
+def benchmark(name: str):
+    def load(options) -> DatasetSplits:
+        root = data_dir()
+        if root is None or not (root / name).is_dir():
+            raise UserError(f"Dataset {name!r} not found: looked in {str(root / name) if root else '(no data directory)'}. "
+                            f"Set ${DATA_DIR_ENV} to the directory holding {name}/ (see README.md).")
+        return load_dataset_dir(root / name)
+
+    return load
+
+
+@dataclass(frozen=True)
+class FilesOptions:
+    path: str = ""  # a directory with train/test[/dev/unlabeled] files and labels.json, or the train file
+    test: str = ""  # the test file, when path is a file
+    text_column: str = "text"
+    label_column: str = "label"
+
+
+def files(options: FilesOptions) -> DatasetSplits:
+    if not options.path:
+        raise UserError("dataset.path is empty: set it to a data directory or a train file (.jsonl, .jsonl.gz, .csv, .parquet).")
+    path = Path(options.path)
+    if path.is_dir():
+        return load_dataset_dir(path, options.text_column, options.label_column)
+    if not options.test:
+        raise UserError(f"dataset.path {options.path!r} is a file, so dataset.test must name the test file.")
+    labels_json = path.parent / "labels.json"
+    return load_dataset_files(path, Path(options.test), labels_json=labels_json,
+                              text_column=options.text_column, label_column=options.label_column)
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    hub_id: str = ""  # e.g. "ag_news" or "SetFit/sst2"
+    subset: str = ""
+    text_column: str = "text"
+    label_column: str = "label"
+    train_split: str = "train"
+    test_split: str = "test"
+
+
+def hub(options: HubOptions) -> DatasetSplits:
+    if not options.hub_id:
+        raise UserError("dataset.hub_id is empty: set it to a Hugging Face dataset id, e.g. dataset.hub_id=ag_news.")
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("Hub datasets need the `datasets` package: pip install datasets.") from None
+    try:
+        loaded = datasets.load_dataset(options.hub_id, options.subset or None)
+    except Exception as exc:  # noqa: BLE001 - offline, unknown id, bad subset: all user-fixable
+        raise UserError(f"Could not load hub dataset {options.hub_id!r}: {exc}") from None
+    for split in (options.train_split, options.test_split):
+        if split not in loaded:
+            raise UserError(f"Hub dataset {options.hub_id!r} has no split {split!r}; it has {list(loaded)}.")
+    feature = loaded[options.train_split].features.get(options.label_column)
+    train_rows = list(loaded[options.train_split])
+    names = list(feature.names) if hasattr(feature, "names") else infer_label_names(train_rows, options.label_column)
+    convert = lambda split, rows: rows_to_texts(rows, names, f"{options.hub_id}[{split}]", options.text_column, options.label_column)  # noqa: E731
+    return DatasetSplits(label_names=[str(n) for n in names], train=convert(options.train_split, train_rows),
+                         test=convert(options.test_split, list(loaded[options.test_split])))
+
+
+@hookimpl
+def testbed_datasets():
+    return [
+        *[Dataset(name=name, summary=summary, factory=benchmark(name)) for name, summary in BENCHMARKS.items()],
+        Dataset(name="files", summary="local jsonl/csv/parquet files with text and label columns", factory=files, options=FilesOptions),
+        Dataset(name="hub", summary="a Hugging Face datasets hub id (online)", factory=hub, options=HubOptions),
+    ]

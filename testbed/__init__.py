@@ -1,0 +1,32 @@
+"""testbed: a research testbed for semi-supervised text classification.
+
+The public API for plugins is what this module exports; see ``testbed.hookspecs``.
+"""
+
+from testbed.errors import UserError
+from testbed.hookspecs import (
+    Augmentation,
+    Backbone,
+    BaseSelector,
+    BaseTeacher,
+    Dataset,
+    DatasetSplits,
+    Distance,
+    NoOptions,
+    Preset,
+    RunContext,
+    Schedule,
+    Selection,
+    Selector,
+    Teacher,
+    Texts,
+    hookimpl,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Augmentation", "Backbone", "BaseSelector", "BaseTeacher", "Dataset", "DatasetSplits", "Distance",
+    "NoOptions", "Preset", "RunContext", "Schedule", "Selection", "Selector", "Teacher", "Texts",
+    "UserError", "hookimpl", "__version__",
+]

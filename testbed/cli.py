@@ -1,0 +1,166 @@
+"""The command line: ``testbed run | plugins | presets | datasets``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import warnings
+
+import click
+
+from testbed.errors import UserError
+
+
+class Group(click.Group):
+    """Prints UserError as one ``Error: ...`` line (exit 1); real bugs keep their traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def registry(ctx: click.Context):
+    """Load plugins once per command, printing each skipped plugin as a warning line."""
+    from testbed.plugins import load_plugins
+
+    obj = ctx.find_root().obj
+    if "registry" not in obj:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            obj["registry"] = load_plugins(obj["plugins_dirs"], strict=obj["strict"] or None)
+        for warning in caught:
+            click.echo(f"Warning: {warning.message}", err=True)
+    return obj["registry"]
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--plugins-dir", "plugins_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Also load every .py file in DIR as a plugin (repeatable; or $TESTBED_PLUGINS_DIR).")
+@click.option("--strict-plugins", "strict", is_flag=True,
+              help="Fail when a plugin cannot be loaded instead of skipping it (or $TESTBED_STRICT_PLUGINS=1).")
+@click.version_option(package_name="testbed")
+@click.pass_context
+def main(ctx, plugins_dirs, strict):
+    """A testbed for semi-supervised text classification with pretrained language models."""
+    ctx.obj = {"plugins_dirs": list(plugins_dirs), "strict": strict}
+
+
+@main.command()
+@click.argument("args", nargs=-1)
+@click.option("--out", "out_dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Runs go to OUT/<run_id>/.")
+@click.option("--force", is_flag=True, help="Rerun even if OUT/<run_id>/result.json exists.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def run(ctx, args, out_dir, force, quiet):
+    """Train one run: testbed run [CONFIG.toml] [key=value ...]
+
+    \b
+    Examples:
+      testbed run method=fixmatch dataset.name=trec backbone.name=tiny train.steps=30
+      testbed run examples/demo.toml method=supervised seed=1
+    """
+    from testbed.config import load_toml, merge, parse_overrides, resolve
+    from testbed.runs import execute
+
+    files = [a for a in args if "=" not in a]
+    if len(files) > 1:
+        raise UserError(f"Expected at most one config file and key=value overrides, got files {files}.")
+    user = load_toml(files[0]) if files else {}
+    user = merge(user, parse_overrides([a for a in args if "=" in a]))
+    reg = registry(ctx)
+    cfg = resolve(user, reg)
+    run_dir, result, ran = execute(cfg, reg, out_dir, force=force, progress=not quiet)
+    status = "finished" if ran else "already finished (use --force to rerun)"
+    click.echo(f"{cfg.method} on {cfg.dataset.name} (seed {cfg.seed}): {status}\n"
+               f"  test accuracy {result['test_accuracy']:.4f} (last), {_fmt(result['test_accuracy_best_val'])} (best on validation), "
+               f"macro-F1 {result['test_macro_f1']:.4f}, {result['wall_seconds']:.0f} s\n"
+               f"  run directory: {run_dir}")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="A JSON list: [{name, source, provides: {kind: [names]}}].")
+@click.pass_context
+def plugins(ctx, as_json):
+    """List loaded plugins and what each provides."""
+    reg = registry(ctx)
+    rows = [{"name": p.name, "source": p.source, "provides": p.provides} for p in reg.plugins]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['name']}  ({row['source']})")
+        for kind, names in row["provides"].items():
+            click.echo(f"  {kind:<13} {', '.join(names)}")
+    for name, error in reg.failures:
+        click.echo(f"{name}  SKIPPED: {error}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the presets and their settings as JSON.")
+@click.pass_context
+def presets(ctx, as_json):
+    """List the named methods (presets) and the seam settings each one makes."""
+    reg = registry(ctx)
+    records = [reg.get("preset", name) for name in reg.names("preset")]
+    if as_json:
+        click.echo(json.dumps([{"name": r.name, "summary": r.summary, "settings": r.settings} for r in records], indent=2))
+        return
+    for r in records:
+        click.echo(f"{r.name}: {r.summary}")
+        for key, value in _flatten(r.settings):
+            click.echo(f"    {key} = {json.dumps(value)}")
+
+
+def _flatten(nested: dict, prefix: str = ""):
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def datasets(ctx, as_json):
+    """List the datasets found in the data directory: sizes and classes."""
+    from testbed.data import data_dir
+
+    reg = registry(ctx)
+    rows = []
+    for name in reg.names("dataset"):
+        record = reg.get("dataset", name)
+        if dataclasses.fields(record.options):
+            continue  # needs options (a path, a hub id): nothing to list without them
+        try:
+            data = record.factory(record.options())
+        except UserError as exc:
+            rows.append({"name": name, "error": str(exc)})
+            continue
+        rows.append({"name": name, "classes": len(data.label_names), "train": len(data.train), "test": len(data.test),
+                     "dev": len(data.dev) if data.dev else 0, "unlabeled": len(data.unlabeled),
+                     "labels": data.label_names, "summary": record.summary})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"data directory: {data_dir()}")
+    click.echo(f"{'name':<10} {'classes':>7} {'train':>7} {'dev':>6} {'test':>7} {'unlabeled':>9}  labels")
+    for r in rows:
+        if "error" in r:
+            click.echo(f"{r['name']:<10} unavailable: {r['error']}")
+        else:
+            click.echo(f"{r['name']:<10} {r['classes']:>7} {r['train']:>7} {r['dev']:>6} {r['test']:>7} {r['unlabeled']:>9}  "
+                       f"{', '.join(r['labels'])}")
+    click.echo("Also: dataset.name=files dataset.path=DIR_OR_FILE (local files); dataset.name=hub dataset.hub_id=ID (online).")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""Run configuration: TOML file + dotted ``key=value`` overrides + the method's preset.
+
+Precedence: built-in defaults < preset (``method``) < TOML file < command-line overrides.
+A seam (teacher, selector, distance, schedule, augmentation.weak/strong) is a table with a
+``name`` and that strategy's options; when the user picks a different ``name`` than the
+preset, the preset's options for that seam are dropped because they belong to another
+strategy. Every key is checked: an unknown key is an error listing the valid keys nearby.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from testbed.errors import UserError, did_you_mean
+from testbed.hookspecs import Record
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str = "trec"
+    labels_per_class: int = 10  # labeled examples per class
+    validation_per_class: int = 10  # held-out labeled examples per class for model selection
+    unlabeled_limit: int = 0  # cap on the unlabeled pool (seeded sample); 0 = no cap
+    test_limit: int = 0  # evaluate on a seeded stratified test sample of this size; 0 = all
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str = "minilm"  # a registered backbone, or any Hugging Face local path / hub id
+    max_length: int = 128  # tokens; batches are padded to their longest text, not to this
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 500
+    batch_size: int = 16  # labeled examples per step
+    unlabeled_ratio: int = 1  # unlabeled batch = unlabeled_ratio x batch_size (mu in FixMatch)
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear learning-rate warm-up, then constant
+    eval_every: int = 100  # steps between evaluations (and always at the last step)
+    eval_batch_size: int = 64
+    threads: int = 0  # torch threads; 0 = torch's default. Not part of the run id.
+
+
+CORE_SECTIONS = {"dataset": DatasetConfig, "backbone": BackboneConfig, "train": TrainConfig}
+# config path -> plugin kind, for every section whose ``name`` picks a plugin record
+CHOICES = {
+    "dataset": "dataset",
+    "backbone": "backbone",
+    "augmentation.weak": "augmentation",
+    "augmentation.strong": "augmentation",
+    "teacher": "teacher",
+    "selector": "selector",
+    "distance": "distance",
+    "schedule": "schedule",
+}
+DEFAULTS: dict[str, Any] = {
+    "method": "supervised",
+    "seed": 0,
+    "augmentation": {"weak": {"name": "identity"}, "strong": {"name": "identity"}},
+    "teacher": {"name": "self"},
+    "selector": {"name": "none"},
+    "distance": {"name": "ce"},
+    "schedule": {"name": "constant"},
+}
+NOT_IN_RUN_ID = {("train", "threads")}
+HF_BACKBONE = "huggingface"  # record used for backbone names that are paths or hub ids
+FILES_DATASET = "files"  # record used for dataset names that are paths
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The strategy picked for one seam and its typed options."""
+
+    name: str
+    record: Record
+    options: Any
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    method: str
+    seed: int
+    dataset: DatasetConfig
+    backbone: BackboneConfig
+    train: TrainConfig
+    choices: dict[str, Choice]  # keyed like CHOICES
+    resolved: dict  # the whole config as plain data; saved as config.json
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.resolved)
+
+
+def run_id(resolved: dict) -> str:
+    """Hash of the resolved config, so the same config always maps to the same run."""
+    data = json.loads(json.dumps(resolved))
+    for section, key in NOT_IN_RUN_ID:
+        data.get(section, {}).pop(key, None)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Config file {str(path)!r} not found. Pass an existing .toml file or only key=value overrides.")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"Config file {str(path)!r} is not valid TOML: {exc}. Fix the line it names.") from None
+
+
+def parse_value(text: str) -> Any:
+    """``0.95`` -> float, ``true`` -> bool, ``[1, 2]`` -> list, anything else -> the string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    nested: dict = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"Override {item!r} is not key=value. Example: selector.threshold=0.9")
+        set_dotted(nested, key.strip(), parse_value(value.strip()))
+    return nested
+
+
+def set_dotted(nested: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = nested
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if isinstance(child, str):  # "augmentation.strong=eda" then "augmentation.strong.p=..."
+            child = node[part] = {"name": child}
+        if not isinstance(child, dict):
+            raise UserError(f"Config key {'.'.join(parts[: i + 1])!r} is a value, so {key!r} cannot be set below it.")
+        node = child
+    node[parts[-1]] = value
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _get(nested: dict, path: str) -> Any:
+    node: Any = nested
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _normalize_choices(layer: dict) -> dict:
+    """Allow ``selector = "none"`` as shorthand for ``selector = {name = "none"}``."""
+    layer = json.loads(json.dumps(layer))
+    for path in CHOICES:
+        value = _get(layer, path)
+        if isinstance(value, str):
+            parent, _, leaf = path.rpartition(".")
+            (_get(layer, parent) if parent else layer)[leaf] = {"name": value}
+    return layer
+
+
+# --------------------------------------------------------------------------- resolving
+
+
+def resolve(user: dict, registry) -> RunConfig:
+    """Merge defaults, the preset named by ``method`` and the user's settings, then check
+    and type every key against the core sections and the chosen plugins' options."""
+    user = _normalize_choices(user)
+    method = user.get("method", DEFAULTS["method"])
+    if not isinstance(method, str):
+        raise UserError(f"Config key 'method' must be a preset name, got {method!r}.")
+    preset = _normalize_choices(dict(registry.get("preset", method).settings))
+    for path in CHOICES:  # the preset's options only apply to the strategy the preset chose
+        mine, theirs = _get(user, path), _get(preset, path)
+        if isinstance(mine, dict) and isinstance(theirs, dict) and mine.get("name", theirs.get("name")) != theirs.get("name"):
+            theirs.clear()
+    merged = merge(merge(_normalize_choices(DEFAULTS), preset), user)
+    _reject_unknown_sections(merged)
+    _route_shorthands(merged, registry)
+
+    seed = merged.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UserError(f"Config key 'seed' must be an integer, got {seed!r}.")
+    resolved: dict[str, Any] = {"method": method, "seed": seed}
+    choices: dict[str, Choice] = {}
+    core: dict[str, Any] = {}
+    for section, cls in CORE_SECTIONS.items():
+        values = dict(merged.get(section) or {})
+        opts_record = None
+        if section in CHOICES:
+            opts_record = registry.get(CHOICES[section], values.get("name", getattr(cls(), "name")))
+        core[section], options = _build_section(section, cls, values, opts_record)
+        resolved[section] = dataclasses.asdict(core[section])
+        if opts_record is not None:
+            resolved[section].update(dataclasses.asdict(options))
+            choices[section] = Choice(core[section].name, opts_record, options)
+    for path, kind in CHOICES.items():
+        if path in CORE_SECTIONS:
+            continue
+        values = dict(_get(merged, path) or {})
+        name = values.get("name")
+        if not isinstance(name, str):
+            raise UserError(f"Config key '{path}.name' must name a {kind}, got {name!r}. {did_you_mean('', registry.names(kind), kind + 's')}")
+        record = registry.get(kind, name)
+        _, options = _build_section(path, None, values, record)
+        choices[path] = Choice(name, record, options)
+        parent, _, leaf = path.rpartition(".")
+        target = resolved.setdefault(parent, {}) if parent else resolved
+        target[leaf] = {"name": name, **dataclasses.asdict(options)}
+    return RunConfig(method=method, seed=seed, dataset=core["dataset"], backbone=core["backbone"],
+                     train=core["train"], choices=choices, resolved=resolved)
+
+
+def _reject_unknown_sections(merged: dict) -> None:
+    valid = {"method", "seed", *CORE_SECTIONS, "augmentation", *CHOICES}
+    for key in merged:
+        if key not in valid:
+            raise UserError(f"Unknown config key {key!r}. {did_you_mean(key, valid - {'augmentation.weak', 'augmentation.strong'}, 'top-level keys')}")
+    aug = merged.get("augmentation")
+    if not isinstance(aug, dict):
+        raise UserError("Config key 'augmentation' must be a table with 'weak' and 'strong'.")
+    for key in aug:
+        if key not in ("weak", "strong"):
+            raise UserError(f"Unknown config key 'augmentation.{key}'. {did_you_mean(key, ['weak', 'strong'], 'keys of augmentation')}")
+    for path in CHOICES:
+        value = _get(merged, path)
+        if value is not None and not isinstance(value, dict):
+            raise UserError(f"Config key {path!r} must be a name or a table with 'name', got {value!r}.")
+
+
+def _route_shorthands(merged: dict, registry) -> None:
+    """Names that are not registered but say what they mean: ``dataset.name=path/to/file.csv``
+    means the ``files`` dataset; ``backbone.name=bert-base-uncased`` the Hugging Face backbone."""
+    dataset = merged.setdefault("dataset", {})
+    name = dataset.get("name", DatasetConfig.name)
+    if isinstance(name, str) and name not in registry.records["dataset"] and Path(name).exists():
+        dataset.update(name=FILES_DATASET, path=name)
+    backbone = merged.setdefault("backbone", {})
+    name = backbone.get("name", BackboneConfig.name)
+    registered = registry.records["backbone"]
+    if isinstance(name, str) and name not in registered and HF_BACKBONE in registered:
+        close = difflib.get_close_matches(name, list(registered), n=1, cutoff=0.8)
+        if close and not Path(name).exists():
+            raise UserError(
+                f"Unknown backbone {name!r}. Did you mean {close[0]!r}? To load a Hugging Face model of "
+                f"that name, use backbone.name={HF_BACKBONE} backbone.model={name}."
+            )
+        backbone.update(name=HF_BACKBONE, model=name)
+
+
+def _build_section(section: str, core_cls: type | None, values: dict, record: Record | None):
+    """Split ``values`` into the core dataclass and the plugin's options; check names and types."""
+    core_fields = {f.name: f for f in dataclasses.fields(core_cls)} if core_cls else {"name": None}
+    opt_fields = {f.name: f for f in dataclasses.fields(record.options)} if record else {}
+    clash = set(core_fields) & set(opt_fields)
+    if clash:
+        raise UserError(f"Plugin option(s) {sorted(clash)} of {section} {record.name!r} clash with core keys; the plugin must rename them.")
+    valid = {**core_fields, **opt_fields}
+    for key in values:
+        if key not in valid:
+            owner = f"{section} {record.name!r}" if record else section
+            keys = [f"{section}.{k}" for k in valid]
+            raise UserError(f"Unknown config key '{section}.{key}' (for {owner}). {did_you_mean(f'{section}.{key}', keys, 'keys')}")
+    core_values = {k: v for k, v in values.items() if k in core_fields}
+    opt_values = {k: v for k, v in values.items() if k in opt_fields}
+    core = _instantiate(core_cls, core_values, section) if core_cls else None
+    options = _instantiate(record.options, opt_values, section) if record else None
+    return core, options
+
+
+def _instantiate(cls: type, values: dict, section: str):
+    hints = typing.get_type_hints(cls)
+    typed = {}
+    for key, value in values.items():
+        typed[key] = _coerce(value, hints[key], f"{section}.{key}")
+    try:
+        return cls(**typed)
+    except (TypeError, ValueError) as exc:  # __post_init__ checks in option dataclasses
+        raise UserError(f"Invalid value in section {section!r}: {exc}") from None
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a field's type; ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, key)
+            except UserError:
+                continue
+        raise UserError(f"Config key {key!r} must be {hint}, got {value!r}.")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif hint is str and isinstance(value, str):
+        return value
+    elif hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    elif hint in (int, bool) and type(value) is hint:
+        return value
+    elif origin in (list, tuple) and isinstance(value, (list, tuple)):
+        (inner, *_) = typing.get_args(hint) or (Any,)
+        items = [v if inner is Any else _coerce(v, inner, key) for v in value]
+        return origin(items)
+    elif hint is Any:
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    raise UserError(f"Config key {key!r} must be {name}, got {value!r}.")

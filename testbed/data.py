@@ -1,0 +1,191 @@
+"""Reading datasets and the seeded, stratified labeled / validation / unlabeled split.
+
+A dataset directory holds ``train`` and ``test`` (and optionally ``dev`` and ``unlabeled``)
+as .jsonl, .jsonl.gz, .csv or .parquet, plus an optional ``labels.json`` with the class
+names (index = integer label). The gold labels of the unlabeled pool are kept apart in
+``Split.pool_gold``: the training step only ever sees pool texts and positions.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from testbed.errors import UserError
+from testbed.hookspecs import DatasetSplits, Texts
+
+DATA_DIR_ENV = "TESTBED_DATA"
+SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".parquet")
+TEST_SAMPLE_SEED = 0  # the test subsample is the same for every run seed, so runs pair up
+
+
+def data_dir() -> Path | None:
+    """``$TESTBED_DATA``, else ``../shared/data`` beside the checkout when it exists."""
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV])
+    beside_checkout = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return beside_checkout if beside_checkout.is_dir() else None
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a .jsonl / .jsonl.gz / .csv / .parquet file as dicts."""
+    name = path.name
+    if not path.is_file():
+        raise UserError(f"Data file {str(path)!r} not found.")
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        opener = gzip.open if name.endswith(".gz") else open
+        rows = []
+        with opener(path, "rt", encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise UserError(f"{path}:{number}: not a JSON object ({exc.msg}). Each line must be one JSON object.") from None
+        return rows
+    if name.endswith((".csv", ".parquet")):
+        import pandas as pd
+
+        frame = pd.read_csv(path) if name.endswith(".csv") else pd.read_parquet(path)
+        return frame.to_dict("records")
+    raise UserError(f"Data file {str(path)!r} has an unsupported format; use one of {', '.join(SUFFIXES)}.")
+
+
+def find_file(directory: Path, stem: str) -> Path | None:
+    for suffix in SUFFIXES:
+        if (directory / f"{stem}{suffix}").is_file():
+            return directory / f"{stem}{suffix}"
+    return None
+
+
+def rows_to_texts(rows: list[dict], label_names: list, where: str, text_column: str = "text", label_column: str = "label") -> Texts:
+    """Check and convert rows; labels are ints in range(len(label_names)) or class names."""
+    if not rows:
+        raise UserError(f"{where} is empty: a dataset split needs at least one row.")
+    index = {name: i for i, name in enumerate(label_names)}
+    texts, labels = [], []
+    for number, row in enumerate(rows, 1):
+        if text_column not in row or label_column not in row:
+            raise UserError(f"{where}, row {number}: needs columns {text_column!r} and {label_column!r}, has {sorted(row)}. "
+                            "Set dataset.text_column / dataset.label_column if yours are named differently.")
+        label = row[label_column]
+        if isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < len(label_names):
+            labels.append(int(label))
+        elif isinstance(label, str) and label in index:
+            labels.append(index[label])
+        else:
+            raise UserError(f"{where}, row {number}: label {label!r} is not one of the {len(label_names)} classes "
+                            f"(integers 0..{len(label_names) - 1} or names {label_names[:6]}{'...' if len(label_names) > 6 else ''}). "
+                            "Fix the row or the dataset's labels.json.")
+        text = row[text_column]
+        texts.append("" if text is None else str(text))
+    return Texts(texts=texts, labels=np.asarray(labels, dtype=np.int64))
+
+
+def infer_label_names(rows: list[dict], label_column: str) -> list:
+    """Class names when no labels.json exists: 0..max for integer labels, sorted names for strings."""
+    values = {row.get(label_column) for row in rows}
+    if values and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in values):
+        return [str(i) for i in range(int(max(values)) + 1)]
+    if values and all(isinstance(v, str) for v in values):
+        return sorted(values)
+    raise UserError(f"Cannot infer the classes from label column {label_column!r}: values {sorted(map(repr, values))[:5]}. "
+                    "Use non-negative integers or class-name strings, or add a labels.json.")
+
+
+def load_dataset_dir(directory: Path, text_column: str = "text", label_column: str = "label") -> DatasetSplits:
+    """Load ``train``/``test`` (+ ``dev``, ``unlabeled``, ``labels.json``) from a directory."""
+    if not directory.is_dir():
+        raise UserError(f"Dataset directory {str(directory)!r} not found.")
+    train_path, test_path = find_file(directory, "train"), find_file(directory, "test")
+    if train_path is None or test_path is None:
+        raise UserError(f"Dataset directory {str(directory)!r} needs train and test files ({', '.join(SUFFIXES)}).")
+    return load_dataset_files(train_path, test_path, find_file(directory, "dev"), find_file(directory, "unlabeled"),
+                              directory / "labels.json", text_column, label_column)
+
+
+def load_dataset_files(train: Path, test: Path, dev: Path | None = None, unlabeled: Path | None = None,
+                       labels_json: Path | None = None, text_column: str = "text", label_column: str = "label") -> DatasetSplits:
+    train_rows = read_rows(train)
+    if labels_json is not None and labels_json.is_file():
+        label_names = json.loads(labels_json.read_text(encoding="utf-8"))
+    else:
+        label_names = infer_label_names(train_rows, label_column)
+    convert = lambda rows, path: rows_to_texts(rows, label_names, str(path), text_column, label_column)  # noqa: E731
+    extra = [str(row.get(text_column) or "") for row in read_rows(unlabeled)] if unlabeled else []
+    return DatasetSplits(label_names=[str(n) for n in label_names], train=convert(train_rows, train),
+                         test=convert(read_rows(test), test), dev=convert(read_rows(dev), dev) if dev else None,
+                         unlabeled=extra)
+
+
+# --------------------------------------------------------------------------- the split
+
+
+@dataclass(frozen=True)
+class Split:
+    label_names: list[str]
+    labeled: Texts
+    validation: Texts
+    test: Texts
+    pool_texts: list[str]
+    pool_gold: np.ndarray  # gold label per pool text, -1 where unknown; for measurement only
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+
+def _per_class(labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
+
+
+def make_split(data: DatasetSplits, labels_per_class: int, validation_per_class: int, seed: int,
+               unlabeled_limit: int = 0, test_limit: int = 0, where: str = "dataset") -> Split:
+    """Seeded, stratified: ``labels_per_class`` labeled and ``validation_per_class`` validation
+    examples per class (validation from dev when the dataset has one); the rest of train plus
+    the dataset's unlabeled texts form the pool."""
+    num_classes = len(data.label_names)
+    if labels_per_class < 1:
+        raise UserError(f"dataset.labels_per_class must be at least 1, got {labels_per_class}.")
+    if validation_per_class < 0:
+        raise UserError(f"dataset.validation_per_class must be 0 or more, got {validation_per_class}.")
+    rng = np.random.default_rng(seed)
+    train_needs = labels_per_class + (0 if data.dev is not None else validation_per_class)
+    by_class = _per_class(data.train.labels, num_classes, rng)
+    for c, members in enumerate(by_class):
+        if len(members) < train_needs:
+            raise UserError(
+                f"{where}: class {data.label_names[c]!r} has {len(members)} training examples, fewer than the "
+                f"{train_needs} needed (labels_per_class={labels_per_class}"
+                + ("" if data.dev is not None else f" + validation_per_class={validation_per_class}")
+                + "). Lower dataset.labels_per_class or dataset.validation_per_class.")
+    labeled_idx = np.concatenate([m[:labels_per_class] for m in by_class])
+    if data.dev is not None:
+        dev_by_class = _per_class(data.dev.labels, num_classes, rng)
+        val_idx = np.concatenate([m[:validation_per_class] for m in dev_by_class])
+        validation = _take(data.dev, val_idx)
+        pool_idx = np.concatenate([m[labels_per_class:] for m in by_class])
+    else:
+        val_idx = np.concatenate([m[labels_per_class:train_needs] for m in by_class])
+        validation = _take(data.train, val_idx)
+        pool_idx = np.concatenate([m[train_needs:] for m in by_class])
+    pool_idx = np.sort(pool_idx)
+    pool_texts = [data.train.texts[i] for i in pool_idx] + list(data.unlabeled)
+    pool_gold = np.concatenate([data.train.labels[pool_idx], np.full(len(data.unlabeled), -1, dtype=np.int64)])
+    if unlabeled_limit and len(pool_texts) > unlabeled_limit:
+        keep = np.sort(rng.choice(len(pool_texts), size=unlabeled_limit, replace=False))
+        pool_texts, pool_gold = [pool_texts[i] for i in keep], pool_gold[keep]
+    test = data.test
+    if test_limit and len(test) > test_limit:
+        test = _take(test, np.sort(np.random.default_rng(TEST_SAMPLE_SEED).choice(len(test), test_limit, replace=False)))
+    return Split(label_names=list(data.label_names), labeled=_take(data.train, np.sort(labeled_idx)),
+                 validation=validation, test=test, pool_texts=pool_texts, pool_gold=pool_gold)
+
+
+def _take(texts: Texts, idx: np.ndarray) -> Texts:
+    return Texts(texts=[texts.texts[i] for i in idx], labels=texts.labels[idx])

@@ -1,0 +1,272 @@
+"""Every hook a plugin can implement, and the records and interfaces they use.
+
+A plugin is a module (or object) with functions decorated ``@hookimpl``. Collection
+hooks return records: frozen dataclasses with a ``name``, a one-line ``summary``,
+an ``options`` dataclass (its fields become config keys) and a factory that builds
+the object the training loop calls. Two plugins returning the same name for the
+same kind is an error that names both. Event hooks are broadcast to every plugin.
+
+A complete plugin (a new distance, usable as ``distance.name=hinge``)::
+
+    from dataclasses import dataclass
+    import torch
+    from testbed import hookimpl, Distance
+
+    @dataclass(frozen=True)
+    class HingeOptions:
+        margin: float = 0.1
+
+    def hinge(options):
+        def distance(student_logits, targets):  # [B, C], [B, C] -> [B]
+            p = student_logits.softmax(-1)
+            return torch.relu((targets - p).abs() - options.margin).sum(-1)
+        return distance
+
+    @hookimpl
+    def testbed_distances():
+        return [Distance(name="hinge", summary="L1 beyond a margin", factory=hinge, options=HingeOptions)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pluggy
+
+hookspec = pluggy.HookspecMarker("testbed")
+hookimpl = pluggy.HookimplMarker("testbed")
+
+
+# --------------------------------------------------------------------------- data types
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The strategy takes no options."""
+
+
+@dataclass(frozen=True)
+class Texts:
+    """Texts with integer labels in ``range(len(label_names))``."""
+
+    texts: list[str]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """What a dataset plugin loads: train and test (+ dev, + extra unlabeled texts)."""
+
+    label_names: list[str]
+    train: Texts
+    test: Texts
+    dev: Texts | None = None
+    unlabeled: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Facts about the run that factories may need."""
+
+    num_classes: int
+    pool_size: int  # number of unlabeled texts; selectors index per-example state by position
+    steps: int
+    seed: int
+
+
+@dataclass
+class Selection:
+    """A selector's output: per-example ``targets`` [B, C] (probabilities; one-hot for hard
+    labels) and ``weights`` [B] in [0, 1] (0 = not selected)."""
+
+    targets: Any  # torch.Tensor
+    weights: Any  # torch.Tensor
+
+
+class BaseSelector:
+    """Turns teacher probabilities into pseudo-targets and weights. Subclass and override
+    ``select``; selectors with state across steps override the state methods so runs resume."""
+
+    def select(self, probs, indices, step: int) -> Selection:
+        """probs: [B, C] teacher probabilities; indices: [B] positions in the unlabeled pool."""
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, float]:
+        """Current thresholds and the like, recorded at every evaluation."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class BaseTeacher:
+    """Produces probabilities on the weak view. ``probs`` runs without gradient."""
+
+    def probs(self, inputs: Mapping[str, Any]):
+        """inputs: tokenized batch (input_ids, attention_mask, ...) -> [B, C] probabilities."""
+        raise NotImplementedError
+
+    def update(self, student, step: int) -> None:
+        """Called after every optimizer step (EMA teachers average here)."""
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, kw_only=True)
+class Record:
+    name: str
+    summary: str
+    options: type = NoOptions
+
+
+@dataclass(frozen=True, kw_only=True)
+class Augmentation(Record):
+    """factory(options) -> augment(texts: list[str], seeds: np.ndarray) -> list[str].
+    One seed per text: the view of a text depends only on the text, its seed and the options."""
+
+    factory: Callable[[Any], Callable[[list[str], np.ndarray], list[str]]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Distance(Record):
+    """factory(options) -> distance(student_logits [B, C], targets [B, C]) -> [B], per example."""
+
+    factory: Callable[[Any], Callable[[Any, Any], Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Selector(Record):
+    """factory(options, context: RunContext) -> BaseSelector."""
+
+    factory: Callable[[Any, RunContext], BaseSelector]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Teacher(Record):
+    """factory(options, context: RunContext, student) -> BaseTeacher."""
+
+    factory: Callable[[Any, RunContext, Any], BaseTeacher]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule(Record):
+    """factory(options, context: RunContext) -> weight(step: int) -> float, the λ(t) of the
+    consistency loss (0 skips the unlabeled batch)."""
+
+    factory: Callable[[Any, RunContext], Callable[[int], float]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dataset(Record):
+    """factory(options) -> DatasetSplits. Raise UserError for missing or malformed data."""
+
+    factory: Callable[[Any], DatasetSplits]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Backbone(Record):
+    """factory(options, num_labels) -> (model, tokenizer): a Hugging Face-style sequence
+    classifier (``model(**inputs).logits``) and a tokenizer callable on a list of texts."""
+
+    factory: Callable[[Any, int], tuple[Any, Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preset(Record):
+    """A named method: nested config settings over the seams, e.g.
+    ``{"selector": {"name": "threshold", "threshold": 0.95}}``. Data, not code."""
+
+    settings: Mapping[str, Any]
+
+
+# --------------------------------------------------------------------------- collection hooks
+
+
+@hookspec
+def testbed_augmentations() -> Iterable[Augmentation]:
+    """Text augmentations for ``augmentation.weak`` / ``augmentation.strong``.
+    Example: ``return [Augmentation(name="upper", summary="upper-cases", factory=lambda o: lambda t, s: [x.upper() for x in t])]``"""
+
+
+@hookspec
+def testbed_distances() -> Iterable[Distance]:
+    """Consistency distances for ``distance.name``. Example: see the module docstring."""
+
+
+@hookspec
+def testbed_selectors() -> Iterable[Selector]:
+    """Pseudo-label selectors for ``selector.name``.
+    Example: ``return [Selector(name="all", summary="keep all", factory=lambda o, ctx: AllSelector())]``"""
+
+
+@hookspec
+def testbed_teachers() -> Iterable[Teacher]:
+    """Teachers for ``teacher.name``.
+    Example: ``return [Teacher(name="ema", summary="EMA", factory=EmaTeacher, options=EmaOptions)]``"""
+
+
+@hookspec
+def testbed_schedules() -> Iterable[Schedule]:
+    """λ(t) schedules for ``schedule.name``.
+    Example: ``return [Schedule(name="linear", summary="ramp", factory=lambda o, ctx: lambda t: min(1, t / ctx.steps))]``"""
+
+
+@hookspec
+def testbed_datasets() -> Iterable[Dataset]:
+    """Datasets for ``dataset.name``.
+    Example: ``return [Dataset(name="mine", summary="my corpus", factory=load_mine, options=MineOptions)]``"""
+
+
+@hookspec
+def testbed_backbones() -> Iterable[Backbone]:
+    """Model backbones for ``backbone.name`` (any other name is tried as a local path or hub id).
+    Example: ``return [Backbone(name="distil", summary="DistilBERT", factory=load_distil)]``"""
+
+
+@hookspec
+def testbed_presets() -> Iterable[Preset]:
+    """Named methods for ``method``.
+    Example: ``return [Preset(name="pi", summary="Π-model", settings={"selector": {"name": "none"}, "distance": {"name": "l2"}})]``"""
+
+
+# --------------------------------------------------------------------------- event hooks
+
+
+@hookspec
+def testbed_run_started(run_dir: Path, config: dict) -> None:
+    """A run is about to train. Example: a tracker opens a run and logs ``config``."""
+
+
+@hookspec
+def testbed_evaluation(run_dir: Path, record: dict) -> None:
+    """An evaluation finished; ``record`` is the line written to metrics.jsonl.
+    Example: ``tracker.log_metrics(record, step=record["step"])``"""
+
+
+@hookspec
+def testbed_run_finished(run_dir: Path, result: dict) -> None:
+    """A run finished and result.json is written. Example: a tracker closes its run."""
+
+
+# kind -> (collection hook name, record class); the order is the display order.
+KINDS: dict[str, tuple[str, type[Record]]] = {
+    "augmentation": ("testbed_augmentations", Augmentation),
+    "distance": ("testbed_distances", Distance),
+    "selector": ("testbed_selectors", Selector),
+    "teacher": ("testbed_teachers", Teacher),
+    "schedule": ("testbed_schedules", Schedule),
+    "dataset": ("testbed_datasets", Dataset),
+    "backbone": ("testbed_backbones", Backbone),
+    "preset": ("testbed_presets", Preset),
+}

@@ -1,0 +1,195 @@
+"""The training loop. It knows the five seams, never a method:
+
+    loss = CE(student(x), y) + λ(step) · mean(weight · distance(student(strong(u)), target))
+    target, weight = selector(teacher(weak(u)))
+
+``prepare`` resolves the config into objects (all user errors surface here, before any
+run directory exists); ``train`` runs the loop and reports every evaluation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from testbed.config import RunConfig
+from testbed.data import Split, make_split
+from testbed.hookspecs import BaseSelector, BaseTeacher, RunContext
+from testbed.model import accuracy_and_macro_f1, predict, tokenize
+
+
+@dataclass
+class Parts:
+    split: Split
+    student: Any
+    tokenizer: Any
+    weak: Callable[[list[str], np.ndarray], list[str]]
+    strong: Callable[[list[str], np.ndarray], list[str]]
+    teacher: BaseTeacher
+    selector: BaseSelector
+    distance: Callable
+    schedule: Callable[[int], float]
+
+
+def prepare(cfg: RunConfig) -> Parts:
+    choice = cfg.choices
+    data = choice["dataset"].record.factory(choice["dataset"].options)
+    split = make_split(data, cfg.dataset.labels_per_class, cfg.dataset.validation_per_class, cfg.seed,
+                       cfg.dataset.unlabeled_limit, cfg.dataset.test_limit, where=f"dataset {cfg.dataset.name!r}")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.seed)  # the classifier head's initialisation
+    student, tokenizer = choice["backbone"].record.factory(choice["backbone"].options, split.num_classes)
+    ctx = RunContext(num_classes=split.num_classes, pool_size=len(split.pool_texts), steps=cfg.train.steps, seed=cfg.seed)
+    return Parts(
+        split=split, student=student, tokenizer=tokenizer,
+        weak=choice["augmentation.weak"].record.factory(choice["augmentation.weak"].options),
+        strong=choice["augmentation.strong"].record.factory(choice["augmentation.strong"].options),
+        teacher=choice["teacher"].record.factory(choice["teacher"].options, ctx, student),
+        selector=choice["selector"].record.factory(choice["selector"].options, ctx),
+        distance=choice["distance"].record.factory(choice["distance"].options),
+        schedule=choice["schedule"].record.factory(choice["schedule"].options, ctx),
+    )
+
+
+class Sampler:
+    """Endless shuffled passes over range(n), one seeded permutation per pass."""
+
+    def __init__(self, n: int, batch_size: int, rng: np.random.Generator):
+        self.n, self.batch_size, self.rng = n, batch_size, rng
+        self.order, self.pos = rng.permutation(n), 0
+
+    def next(self) -> np.ndarray:
+        out = []
+        while len(out) < self.batch_size:
+            if self.pos == self.n:
+                self.order, self.pos = self.rng.permutation(self.n), 0
+            take = self.order[self.pos : self.pos + self.batch_size - len(out)]
+            out.extend(take)
+            self.pos += len(take)
+        return np.asarray(out)
+
+
+class PseudoLabelTally:
+    """Quantity and quality of pseudo-labels between two evaluations. Gold labels are used
+    here only, to measure; they never reach the loss."""
+
+    def __init__(self):
+        self.seen = self.selected = self.selected_known = self.selected_correct = 0
+        self.known = self.correct = 0
+        self.weight_sum = self.sup_loss = self.unsup_loss = 0.0
+        self.steps = self.unsup_steps = 0
+
+    def add_unlabeled(self, weights, targets, teacher_probs, gold: np.ndarray, unsup_loss: float):
+        chosen = (weights > 0).numpy()
+        known = gold >= 0
+        hit = targets.argmax(-1).numpy() == gold  # the pseudo-label the student is trained toward
+        teacher_hit = teacher_probs.argmax(-1).numpy() == gold
+        self.seen += len(gold)
+        self.selected += int(chosen.sum())
+        self.weight_sum += float(weights.sum())
+        self.selected_known += int((chosen & known).sum())
+        self.selected_correct += int((chosen & known & hit).sum())
+        self.known += int(known.sum())
+        self.correct += int((known & teacher_hit).sum())
+        self.unsup_loss += unsup_loss
+        self.unsup_steps += 1
+
+    def summary(self) -> dict[str, float | None]:
+        ratio = lambda a, b: a / b if b else None  # noqa: E731
+        return {
+            "train_loss": ratio(self.sup_loss, self.steps),
+            "consistency_loss": ratio(self.unsup_loss, self.unsup_steps),
+            "mask_rate": ratio(self.selected, self.seen),
+            "mean_weight": ratio(self.weight_sum, self.seen),
+            "pseudo_label_accuracy": ratio(self.selected_correct, self.selected_known),
+            "teacher_accuracy": ratio(self.correct, self.known),
+            "pseudo_labels_selected": self.selected,
+        }
+
+
+def evaluate(parts: Parts, cfg: RunConfig) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for prefix, texts in (("val", parts.split.validation), ("test", parts.split.test)):
+        if len(texts) == 0:
+            out[f"{prefix}_accuracy"] = out[f"{prefix}_macro_f1"] = None
+            continue
+        probs = predict(parts.student, parts.tokenizer, texts.texts, cfg.backbone.max_length, cfg.train.eval_batch_size)
+        out[f"{prefix}_accuracy"], out[f"{prefix}_macro_f1"] = accuracy_and_macro_f1(probs, texts.labels, parts.split.num_classes)
+    return out
+
+
+def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = lambda record: None,
+          progress: bool = True) -> dict[str, Any]:
+    """Train for ``cfg.train.steps`` steps; return last and best-on-validation test metrics."""
+    t, split, student = cfg.train, parts.split, parts.student
+    seeds = np.random.SeedSequence(cfg.seed).spawn(3)
+    labeled = Sampler(len(split.labeled), t.batch_size, np.random.default_rng(seeds[0]))
+    unlabeled_batch = t.batch_size * t.unlabeled_ratio
+    unlabeled = Sampler(len(split.pool_texts), unlabeled_batch, np.random.default_rng(seeds[1])) if unlabeled_batch and split.pool_texts else None
+    view_seeds = np.random.default_rng(seeds[2])
+    labels = torch.as_tensor(split.labeled.labels)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / t.warmup_steps) if t.warmup_steps else 1.0)
+    tokens = lambda texts: tokenize(parts.tokenizer, texts, cfg.backbone.max_length)  # noqa: E731
+
+    torch.manual_seed(cfg.seed)
+    student.train()
+    tally, best, record = PseudoLabelTally(), None, {}
+    started = time.perf_counter()
+    eval_seconds = 0.0
+    bar = tqdm(range(1, t.steps + 1), desc=f"{cfg.method} seed={cfg.seed}", disable=not progress, leave=False)
+    for step in bar:
+        idx = labeled.next()
+        logits = student(**tokens([split.labeled.texts[i] for i in idx])).logits
+        loss = F.cross_entropy(logits, labels[idx])
+        tally.sup_loss += float(loss.detach())
+        tally.steps += 1
+        weight = parts.schedule(step)
+        if unlabeled is not None and weight > 0:
+            uidx = unlabeled.next()
+            texts = [split.pool_texts[i] for i in uidx]
+            weak = parts.weak(texts, view_seeds.integers(2**63, size=len(texts)))
+            strong = parts.strong(texts, view_seeds.integers(2**63, size=len(texts)))
+            probs = parts.teacher.probs(tokens(weak))
+            chosen = parts.selector.select(probs, torch.as_tensor(uidx), step)
+            student_logits = student(**tokens(strong)).logits
+            consistency = (parts.distance(student_logits, chosen.targets) * chosen.weights).mean()
+            loss = loss + weight * consistency
+            tally.add_unlabeled(chosen.weights.detach(), chosen.targets.detach(), probs, split.pool_gold[uidx], float(consistency.detach()))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        warmup.step()
+        parts.teacher.update(student, step)
+
+        if step % t.eval_every == 0 or step == t.steps:
+            eval_started = time.perf_counter()
+            record = {"step": step, **evaluate(parts, cfg), **tally.summary(), "consistency_weight": weight,
+                      "lr": warmup.get_last_lr()[0],
+                      **{f"selector/{k}": v for k, v in parts.selector.stats().items()}}
+            eval_seconds += time.perf_counter() - eval_started
+            record["elapsed_seconds"] = time.perf_counter() - started
+            if record["val_accuracy"] is not None and (best is None or record["val_accuracy"] > best["val_accuracy"]):
+                best = record
+            on_evaluation(record)
+            bar.set_postfix(test_acc=f"{record['test_accuracy']:.3f}", mask=record["mask_rate"])
+            tally = PseudoLabelTally()
+
+    wall = time.perf_counter() - started
+    best = best or record
+    return {
+        "test_accuracy": record["test_accuracy"], "test_macro_f1": record["test_macro_f1"],
+        "test_accuracy_best_val": best["test_accuracy"], "test_macro_f1_best_val": best["test_macro_f1"],
+        "best_val_step": best["step"], "val_accuracy_best": best["val_accuracy"],
+        "steps": t.steps, "wall_seconds": wall, "train_seconds": wall - eval_seconds, "eval_seconds": eval_seconds,
+        "labeled_size": len(split.labeled), "validation_size": len(split.validation),
+        "unlabeled_size": len(split.pool_texts), "test_size": len(split.test),
+    }
