@@ -28,7 +28,7 @@ def drop_swap(options: DropSwapOptions):
 
     def augment_one(text: str, seed: int) -> str:
         words = text.split()
-        if len(words) < 2:
+        if len(words) < 2 or options.p_delete == options.p_swap == 0:
             return text  # nothing to delete or swap without losing the text
         rng = np.random.default_rng(seed)
         kept = [w for w, drop in zip(words, rng.random(len(words)) < options.p_delete) if not drop]

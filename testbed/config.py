@@ -30,13 +30,24 @@ class DatasetConfig:
     labels_per_class: int = 10  # labeled examples per class
     validation_per_class: int = 10  # held-out labeled examples per class for model selection
     unlabeled_limit: int = 0  # cap on the unlabeled pool (seeded sample); 0 = no cap
-    test_limit: int = 0  # evaluate on a seeded stratified test sample of this size; 0 = all
+    test_limit: int = 0  # evaluate on a fixed stratified test sample of this size; 0 = all
+
+    def __post_init__(self):
+        for key in ("validation_per_class", "unlabeled_limit", "test_limit"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"dataset.{key} must be 0 or more, got {getattr(self, key)}")
+        if self.labels_per_class < 1:
+            raise ValueError(f"dataset.labels_per_class must be at least 1, got {self.labels_per_class}")
 
 
 @dataclass(frozen=True)
 class BackboneConfig:
     name: str = "minilm"  # a registered backbone, or any Hugging Face local path / hub id
     max_length: int = 128  # tokens; batches are padded to their longest text, not to this
+
+    def __post_init__(self):
+        if self.max_length < 2:
+            raise ValueError(f"backbone.max_length must be at least 2, got {self.max_length}")
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,16 @@ class TrainConfig:
     eval_every: int = 100  # steps between evaluations (and always at the last step)
     eval_batch_size: int = 64
     threads: int = 0  # torch threads; 0 = torch's default. Not part of the run id.
+
+    def __post_init__(self):
+        for key in ("steps", "batch_size", "eval_every", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"train.{key} must be at least 1, got {getattr(self, key)}")
+        for key in ("unlabeled_ratio", "warmup_steps", "threads", "weight_decay"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"train.{key} must be 0 or more, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be positive, got {self.lr}")
 
 
 CORE_SECTIONS = {"dataset": DatasetConfig, "backbone": BackboneConfig, "train": TrainConfig}
@@ -152,7 +173,11 @@ def set_dotted(nested: dict, key: str, value: Any) -> None:
         if not isinstance(child, dict):
             raise UserError(f"Config key {'.'.join(parts[: i + 1])!r} is a value, so {key!r} cannot be set below it.")
         node = child
-    node[parts[-1]] = value
+    leaf = parts[-1]
+    if isinstance(node.get(leaf), dict) and isinstance(value, str):
+        node[leaf]["name"] = value  # "x.p=0.2 x=eda": the name joins the options already given
+    else:
+        node[leaf] = value
 
 
 def merge(base: dict, over: dict) -> dict:

@@ -44,14 +44,21 @@ def read_rows(path: Path) -> list[dict]:
             for number, line in enumerate(handle, 1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        row = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        raise UserError(f"{path}:{number}: not a JSON object ({exc.msg}). Each line must be one JSON object.") from None
+                        row = exc
+                    if not isinstance(row, dict):
+                        reason = row.msg if isinstance(row, json.JSONDecodeError) else f"got {type(row).__name__}"
+                        raise UserError(f"{path}:{number}: not a JSON object ({reason}). Each line must be one JSON object.")
+                    rows.append(row)
         return rows
     if name.endswith((".csv", ".parquet")):
         import pandas as pd
 
-        frame = pd.read_csv(path) if name.endswith(".csv") else pd.read_parquet(path)
+        try:
+            frame = pd.read_csv(path, keep_default_na=False) if name.endswith(".csv") else pd.read_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many types for a bad file
+            raise UserError(f"Could not read {str(path)!r}: {type(exc).__name__}: {exc}. Check that it is a valid, non-empty file.") from None
         return frame.to_dict("records")
     raise UserError(f"Data file {str(path)!r} has an unsupported format; use one of {', '.join(SUFFIXES)}.")
 
@@ -83,7 +90,7 @@ def rows_to_texts(rows: list[dict], label_names: list, where: str, text_column: 
                             f"(integers 0..{len(label_names) - 1} or names {label_names[:6]}{'...' if len(label_names) > 6 else ''}). "
                             "Fix the row or the dataset's labels.json.")
         text = row[text_column]
-        texts.append("" if text is None else str(text))
+        texts.append("" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text))
     return Texts(texts=texts, labels=np.asarray(labels, dtype=np.int64))
 
 
@@ -112,6 +119,8 @@ def load_dataset_dir(directory: Path, text_column: str = "text", label_column: s
 def load_dataset_files(train: Path, test: Path, dev: Path | None = None, unlabeled: Path | None = None,
                        labels_json: Path | None = None, text_column: str = "text", label_column: str = "label") -> DatasetSplits:
     train_rows = read_rows(train)
+    if not train_rows:
+        raise UserError(f"{train} is empty: a dataset split needs at least one row.")
     if labels_json is not None and labels_json.is_file():
         label_names = json.loads(labels_json.read_text(encoding="utf-8"))
     else:
@@ -167,6 +176,10 @@ def make_split(data: DatasetSplits, labels_per_class: int, validation_per_class:
     labeled_idx = np.concatenate([m[:labels_per_class] for m in by_class])
     if data.dev is not None:
         dev_by_class = _per_class(data.dev.labels, num_classes, rng)
+        for c, members in enumerate(dev_by_class):
+            if len(members) < validation_per_class:
+                raise UserError(f"{where}: class {data.label_names[c]!r} has {len(members)} dev examples, fewer than "
+                                f"validation_per_class={validation_per_class}. Lower dataset.validation_per_class.")
         val_idx = np.concatenate([m[:validation_per_class] for m in dev_by_class])
         validation = _take(data.dev, val_idx)
         pool_idx = np.concatenate([m[labels_per_class:] for m in by_class])
@@ -182,9 +195,19 @@ def make_split(data: DatasetSplits, labels_per_class: int, validation_per_class:
         pool_texts, pool_gold = [pool_texts[i] for i in keep], pool_gold[keep]
     test = data.test
     if test_limit and len(test) > test_limit:
-        test = _take(test, np.sort(np.random.default_rng(TEST_SAMPLE_SEED).choice(len(test), test_limit, replace=False)))
+        test = _take(test, stratified_sample(test.labels, test_limit, np.random.default_rng(TEST_SAMPLE_SEED)))
     return Split(label_names=list(data.label_names), labeled=_take(data.train, np.sort(labeled_idx)),
                  validation=validation, test=test, pool_texts=pool_texts, pool_gold=pool_gold)
+
+
+def stratified_sample(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of ``size`` examples keeping class proportions (largest remainders)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * size / len(labels)
+    quota = np.floor(exact).astype(int)
+    quota[np.argsort(-(exact - quota), kind="stable")[: size - quota.sum()]] += 1
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(chosen))
 
 
 def _take(texts: Texts, idx: np.ndarray) -> Texts:

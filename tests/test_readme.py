@@ -1,0 +1,44 @@
+"""README.md is the front door: its plugin example and commands must stay true."""
+
+import re
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from testbed.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _section(title: str) -> str:
+    start = README.index(f"## {title}")
+    end = README.find("\n## ", start + 1)
+    return README[start : end if end > 0 else None]
+
+
+def test_plugin_example_is_under_20_lines_and_runs(tmp_path):
+    section = _section("A plugin in 20 lines")
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 20
+    command = re.search(r"```sh\n(testbed .*?)\n```", section, re.S).group(1)
+    plugin_dir = tmp_path / "my_plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "hinge.py").write_text(code, encoding="utf-8")
+
+    args = command.split()[1:]
+    args[args.index("my_plugins")] = str(plugin_dir)
+    fast = ["dataset.name=trec", "train.steps=3", "train.batch_size=4", "train.eval_every=3",
+            "dataset.unlabeled_limit=50", "dataset.test_limit=30", "--out", str(tmp_path / "runs"), "--quiet"]
+    result = CliRunner().invoke(main, args + fast)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    config = (run_dir / "config.json").read_text()
+    assert '"margin": 0.05' in config and '"name": "hinge"' in config
+
+
+def test_readme_test_command_is_what_ci_runs():
+    assert "make test" in _section("Two commands")
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test:", makefile, re.M) and re.search(r"^demo:", makefile, re.M)
