@@ -78,11 +78,13 @@ def run(ctx, args, out_dir, force, quiet):
     click.echo(f"{cfg.method} on {cfg.dataset.name} (seed {cfg.seed}): {status}\n"
                f"  test accuracy {result['test_accuracy']:.4f} (last), {_fmt(result['test_accuracy_best_val'])} (best on validation), "
                f"macro-F1 {result['test_macro_f1']:.4f}, {result['wall_seconds']:.0f} s\n"
-               f"  run directory: {run_dir}")
+               + (f"  pseudo-labels: {result['mask_rate']:.1%} of unlabeled examples selected, "
+                  f"{_fmt(result['pseudo_label_accuracy'], '.1%')} of those correct\n" if result.get("mask_rate") is not None else "")
+               + f"  run directory: {run_dir}")
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _fmt(value, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 @main.command()

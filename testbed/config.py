@@ -9,6 +9,7 @@ strategy. Every key is checked: an unknown key is an error listing the valid key
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -201,7 +202,7 @@ def _get(nested: dict, path: str) -> Any:
 
 def _normalize_choices(layer: dict) -> dict:
     """Allow ``selector = "none"`` as shorthand for ``selector = {name = "none"}``."""
-    layer = json.loads(json.dumps(layer))
+    layer = copy.deepcopy(layer)
     for path in CHOICES:
         value = _get(layer, path)
         if isinstance(value, str):
@@ -239,7 +240,7 @@ def resolve(user: dict, registry) -> RunConfig:
         values = dict(merged.get(section) or {})
         opts_record = None
         if section in CHOICES:
-            opts_record = registry.get(CHOICES[section], values.get("name", getattr(cls(), "name")))
+            opts_record = registry.get(CHOICES[section], values.get("name", cls.name))
         core[section], options = _build_section(section, cls, values, opts_record)
         resolved[section] = dataclasses.asdict(core[section])
         if opts_record is not None:

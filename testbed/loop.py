@@ -84,7 +84,7 @@ class PseudoLabelTally:
     def __init__(self):
         self.seen = self.selected = self.selected_known = self.selected_correct = 0
         self.known = self.correct = 0
-        self.weight_sum = self.sup_loss = self.unsup_loss = 0.0
+        self.weight_sum = self.confidence_sum = self.sup_loss = self.unsup_loss = 0.0
         self.steps = self.unsup_steps = 0
 
     def add_unlabeled(self, weights, targets, teacher_probs, gold: np.ndarray, unsup_loss: float):
@@ -95,6 +95,7 @@ class PseudoLabelTally:
         self.seen += len(gold)
         self.selected += int(chosen.sum())
         self.weight_sum += float(weights.sum())
+        self.confidence_sum += float(teacher_probs.max(-1).values.sum())
         self.selected_known += int((chosen & known).sum())
         self.selected_correct += int((chosen & known & hit).sum())
         self.known += int(known.sum())
@@ -109,6 +110,7 @@ class PseudoLabelTally:
             "consistency_loss": ratio(self.unsup_loss, self.unsup_steps),
             "mask_rate": ratio(self.selected, self.seen),
             "mean_weight": ratio(self.weight_sum, self.seen),
+            "teacher_confidence": ratio(self.confidence_sum, self.seen),
             "pseudo_label_accuracy": ratio(self.selected_correct, self.selected_known),
             "teacher_accuracy": ratio(self.correct, self.known),
             "pseudo_labels_selected": self.selected,
@@ -142,7 +144,7 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
 
     torch.manual_seed(cfg.seed)
     student.train()
-    tally, best, record = PseudoLabelTally(), None, {}
+    tally, whole_run, best, record = PseudoLabelTally(), PseudoLabelTally(), None, {}
     started = time.perf_counter()
     eval_seconds = 0.0
     bar = tqdm(range(1, t.steps + 1), desc=f"{cfg.method} seed={cfg.seed}", disable=not progress, leave=False)
@@ -163,7 +165,8 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
             student_logits = student(**tokens(strong)).logits
             consistency = (parts.distance(student_logits, chosen.targets) * chosen.weights).mean()
             loss = loss + weight * consistency
-            tally.add_unlabeled(chosen.weights.detach(), chosen.targets.detach(), probs, split.pool_gold[uidx], float(consistency.detach()))
+            for counter in (tally, whole_run):
+                counter.add_unlabeled(chosen.weights.detach(), chosen.targets.detach(), probs, split.pool_gold[uidx], float(consistency.detach()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -189,6 +192,7 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
         "test_accuracy": record["test_accuracy"], "test_macro_f1": record["test_macro_f1"],
         "test_accuracy_best_val": best["test_accuracy"], "test_macro_f1_best_val": best["test_macro_f1"],
         "best_val_step": best["step"], "val_accuracy_best": best["val_accuracy"],
+        "mask_rate": whole_run.summary()["mask_rate"], "pseudo_label_accuracy": whole_run.summary()["pseudo_label_accuracy"],
         "steps": t.steps, "wall_seconds": wall, "train_seconds": wall - eval_seconds, "eval_seconds": eval_seconds,
         "labeled_size": len(split.labeled), "validation_size": len(split.validation),
         "unlabeled_size": len(split.pool_texts), "test_size": len(split.test),

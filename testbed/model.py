@@ -22,7 +22,7 @@ def load_pretrained(model_id: str, num_labels: int):
         model = AutoModelForSequenceClassification.from_pretrained(model_id, num_labels=num_labels)
     except (OSError, ValueError) as exc:
         raise UserError(
-            f"Could not load backbone {model_id!r} as a Hugging Face model (local path or hub id): {exc}. "
+            f"Could not load backbone {model_id!r} as a Hugging Face model (local path or hub id): {str(exc).rstrip('.')}. "
             "Check the path, or go online / set HF_HUB_OFFLINE=0 for hub ids; `testbed plugins` lists named backbones."
         ) from None
     finally:
