@@ -19,12 +19,12 @@ class SelfTeacher(BaseTeacher):
         self.student, self.dropout = student, options.dropout
 
     @torch.no_grad()
-    def probs(self, inputs):
-        if self.dropout:
-            return self.student(**inputs).logits.softmax(-1)
+    def probs(self, batch, stochastic=False):
+        if self.dropout or stochastic:
+            return self.student(**batch.inputs).logits.softmax(-1)
         self.student.eval()
         try:
-            return self.student(**inputs).logits.softmax(-1)
+            return self.student(**batch.inputs).logits.softmax(-1)
         finally:
             self.student.train()
 

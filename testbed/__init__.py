@@ -20,6 +20,7 @@ from testbed.hookspecs import (
     Selector,
     Teacher,
     Texts,
+    TextBatch,
     hookimpl,
 )
 
@@ -27,6 +28,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Augmentation", "Backbone", "BaseSelector", "BaseTeacher", "Dataset", "DatasetSplits", "Distance",
-    "NoOptions", "Preset", "RunContext", "Schedule", "Selection", "Selector", "Teacher", "Texts",
+    "NoOptions", "Preset", "RunContext", "Schedule", "Selection", "Selector", "Teacher", "TextBatch", "Texts",
     "UserError", "hookimpl", "__version__",
 ]

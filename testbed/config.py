@@ -85,6 +85,7 @@ CHOICES = {
     "selector": "selector",
     "distance": "distance",
     "schedule": "schedule",
+    "tsa": "schedule",  # training-signal annealing: η(t); labeled examples with p(correct) > η leave the loss
 }
 DEFAULTS: dict[str, Any] = {
     "method": "supervised",
@@ -94,6 +95,7 @@ DEFAULTS: dict[str, Any] = {
     "selector": {"name": "none"},
     "distance": {"name": "ce"},
     "schedule": {"name": "constant"},
+    "tsa": {"name": "constant", "weight": 1.0},  # η = 1: no labeled example is ever masked
 }
 NOT_IN_RUN_ID = {("train", "threads")}
 HF_BACKBONE = "huggingface"  # record used for backbone names that are paths or hub ids

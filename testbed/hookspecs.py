@@ -79,6 +79,23 @@ class RunContext:
     pool_size: int  # number of unlabeled texts; selectors index per-example state by position
     steps: int
     seed: int
+    labeled: Texts | None = None  # the labeled set, for teachers that train before the run
+    unlabeled_batch_size: int = 0  # unlabeled examples per step, to size warm-ups to the budget
+    load_backbone: Callable[[str], tuple[Any, Any]] | None = None  # name/path/hub id -> (model, tokenizer)
+    tokenize: Callable[[list[str]], dict] | None = None  # the student's tokenizer, padded to the batch
+
+
+class TextBatch:
+    """The texts of one view; ``inputs`` tokenizes them for the student on first use."""
+
+    def __init__(self, texts: list[str], tokenize: Callable[[list[str]], dict]):
+        self.texts, self._tokenize, self._inputs = texts, tokenize, None
+
+    @property
+    def inputs(self) -> dict:
+        if self._inputs is None:
+            self._inputs = self._tokenize(self.texts)
+        return self._inputs
 
 
 @dataclass
@@ -93,6 +110,8 @@ class Selection:
 class BaseSelector:
     """Turns teacher probabilities into pseudo-targets and weights. Subclass and override
     ``select``; selectors with state across steps override the state methods so runs resume."""
+
+    teacher_passes: int = 1  # K > 1: ``select`` gets [K, B, C] from K stochastic (dropout) teacher passes
 
     def select(self, probs, indices, step: int) -> Selection:
         """probs: [B, C] teacher probabilities; indices: [B] positions in the unlabeled pool."""
@@ -112,12 +131,15 @@ class BaseSelector:
 class BaseTeacher:
     """Produces probabilities on the weak view. ``probs`` runs without gradient."""
 
-    def probs(self, inputs: Mapping[str, Any]):
-        """inputs: tokenized batch (input_ids, attention_mask, ...) -> [B, C] probabilities."""
+    def probs(self, batch: TextBatch, stochastic: bool = False):
+        """[B, C] probabilities for ``batch.texts`` (``batch.inputs`` holds the student's tokens).
+        ``stochastic=True`` asks for dropout to be on (MC-dropout selectors)."""
         raise NotImplementedError
 
-    def update(self, student, step: int) -> None:
-        """Called after every optimizer step (EMA teachers average here)."""
+    def update(self, student, step: int) -> bool:
+        """Called after every optimizer step (EMA teachers average here). Return True when the
+        student's weights were replaced (re-initialised), so the loop resets the optimizer state."""
+        return False
 
 
 # --------------------------------------------------------------------------- records

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from testbed.config import RunConfig
 from testbed.data import Split, make_split
-from testbed.hookspecs import BaseSelector, BaseTeacher, RunContext
+from testbed.hookspecs import BaseSelector, BaseTeacher, RunContext, TextBatch
 from testbed.model import accuracy_and_macro_f1, predict, tokenize
 
 
@@ -36,9 +36,21 @@ class Parts:
     selector: BaseSelector
     distance: Callable
     schedule: Callable[[int], float]
+    tsa: Callable[[int], float]
 
 
-def prepare(cfg: RunConfig) -> Parts:
+def backbone_loader(registry, num_labels: int):
+    """``load(name)`` -> (model, tokenizer) for any backbone name, path or hub id, default options."""
+    from testbed.config import resolve
+
+    def load(name: str):
+        choice = resolve({"backbone": {"name": name}}, registry).choices["backbone"]
+        return choice.record.factory(choice.options, num_labels)
+
+    return load
+
+
+def prepare(cfg: RunConfig, registry=None) -> Parts:
     choice = cfg.choices
     data = choice["dataset"].record.factory(choice["dataset"].options)
     split = make_split(data, cfg.dataset.labels_per_class, cfg.dataset.validation_per_class, cfg.seed,
@@ -47,7 +59,10 @@ def prepare(cfg: RunConfig) -> Parts:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)  # the classifier head's initialisation
     student, tokenizer = choice["backbone"].record.factory(choice["backbone"].options, split.num_classes)
-    ctx = RunContext(num_classes=split.num_classes, pool_size=len(split.pool_texts), steps=cfg.train.steps, seed=cfg.seed)
+    ctx = RunContext(num_classes=split.num_classes, pool_size=len(split.pool_texts), steps=cfg.train.steps, seed=cfg.seed,
+                     labeled=split.labeled, unlabeled_batch_size=cfg.train.batch_size * cfg.train.unlabeled_ratio,
+                     load_backbone=backbone_loader(registry, split.num_classes) if registry else None,
+                     tokenize=lambda texts: tokenize(tokenizer, texts, cfg.backbone.max_length))
     return Parts(
         split=split, student=student, tokenizer=tokenizer,
         weak=choice["augmentation.weak"].record.factory(choice["augmentation.weak"].options),
@@ -56,6 +71,7 @@ def prepare(cfg: RunConfig) -> Parts:
         selector=choice["selector"].record.factory(choice["selector"].options, ctx),
         distance=choice["distance"].record.factory(choice["distance"].options),
         schedule=choice["schedule"].record.factory(choice["schedule"].options, ctx),
+        tsa=choice["tsa"].record.factory(choice["tsa"].options, ctx),
     )
 
 
@@ -84,7 +100,7 @@ class PseudoLabelTally:
     def __init__(self):
         self.seen = self.selected = self.selected_known = self.selected_correct = 0
         self.known = self.correct = 0
-        self.weight_sum = self.confidence_sum = self.sup_loss = self.unsup_loss = 0.0
+        self.weight_sum = self.confidence_sum = self.sup_loss = self.unsup_loss = self.tsa_kept = 0.0
         self.steps = self.unsup_steps = 0
 
     def add_unlabeled(self, weights, targets, teacher_probs, gold: np.ndarray, unsup_loss: float):
@@ -107,6 +123,7 @@ class PseudoLabelTally:
         ratio = lambda a, b: a / b if b else None  # noqa: E731
         return {
             "train_loss": ratio(self.sup_loss, self.steps),
+            "tsa_kept": ratio(self.tsa_kept, self.steps),
             "consistency_loss": ratio(self.unsup_loss, self.unsup_steps),
             "mask_rate": ratio(self.selected, self.seen),
             "mean_weight": ratio(self.weight_sum, self.seen),
@@ -141,6 +158,7 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
     optimizer = torch.optim.AdamW(student.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / t.warmup_steps) if t.warmup_steps else 1.0)
     tokens = lambda texts: tokenize(parts.tokenizer, texts, cfg.backbone.max_length)  # noqa: E731
+    passes = parts.selector.teacher_passes
 
     torch.manual_seed(cfg.seed)
     student.train()
@@ -151,8 +169,12 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
     for step in bar:
         idx = labeled.next()
         logits = student(**tokens([split.labeled.texts[i] for i in idx])).logits
-        loss = F.cross_entropy(logits, labels[idx])
+        per_example = F.cross_entropy(logits, labels[idx], reduction="none")
+        eta = parts.tsa(step)  # UDA's TSA: drop examples whose correct-class probability exceeds η
+        keep = (logits.detach().softmax(-1).gather(1, labels[idx, None]).squeeze(1) <= eta).float()
+        loss = (per_example * keep).sum() / keep.sum().clamp(min=1)
         tally.sup_loss += float(loss.detach())
+        tally.tsa_kept += float(keep.mean())
         tally.steps += 1
         weight = parts.schedule(step)
         if unlabeled is not None and weight > 0:
@@ -160,8 +182,13 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
             texts = [split.pool_texts[i] for i in uidx]
             weak = parts.weak(texts, view_seeds.integers(2**63, size=len(texts)))
             strong = parts.strong(texts, view_seeds.integers(2**63, size=len(texts)))
-            probs = parts.teacher.probs(tokens(weak))
+            weak_batch = TextBatch(weak, tokens)
+            if passes == 1:
+                probs = parts.teacher.probs(weak_batch)
+            else:
+                probs = torch.stack([parts.teacher.probs(weak_batch, stochastic=True) for _ in range(passes)])
             chosen = parts.selector.select(probs, torch.as_tensor(uidx), step)
+            probs = probs if passes == 1 else probs.mean(0)
             student_logits = student(**tokens(strong)).logits
             consistency = (parts.distance(student_logits, chosen.targets) * chosen.weights).mean()
             loss = loss + weight * consistency
@@ -171,11 +198,12 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
         loss.backward()
         optimizer.step()
         warmup.step()
-        parts.teacher.update(student, step)
+        if parts.teacher.update(student, step):  # the student was re-initialised
+            optimizer.state.clear()
 
         if step % t.eval_every == 0 or step == t.steps:
             eval_started = time.perf_counter()
-            record = {"step": step, **evaluate(parts, cfg), **tally.summary(), "consistency_weight": weight,
+            record = {"step": step, **evaluate(parts, cfg), **tally.summary(), "consistency_weight": weight, "tsa_threshold": eta,
                       "lr": warmup.get_last_lr()[0],
                       **{f"selector/{k}": v for k, v in parts.selector.stats().items()}}
             eval_seconds += time.perf_counter() - eval_started

@@ -57,7 +57,7 @@ def execute(cfg: RunConfig, registry, out_dir: str | Path, force: bool = False, 
     existing = read_result(run_dir)
     if existing is not None and not force:
         return run_dir, existing, False
-    parts = prepare(cfg)  # user errors stop here, before anything is written
+    parts = prepare(cfg, registry)  # user errors stop here, before anything is written
 
     if run_dir.exists():  # an unfinished or forced rerun starts from a clean directory
         shutil.rmtree(run_dir)

@@ -243,7 +243,7 @@ def test_dataset_path_routes_to_the_files_dataset(registry, tiny_dataset_dir):
 def test_resolved_config_has_every_option_with_its_default(registry):
     resolved = cfg_of(registry, "method=fixmatch", "backbone.name=tiny").resolved
     assert set(resolved) == {"method", "seed", "dataset", "backbone", "train", "augmentation",
-                             "teacher", "selector", "distance", "schedule"}
+                             "teacher", "selector", "distance", "schedule", "tsa"}
     assert resolved["method"] == "fixmatch" and resolved["seed"] == 0
     assert resolved["train"] == dataclasses.asdict(TrainConfig())
     assert resolved["dataset"] == dataclasses.asdict(DatasetConfig())  # trec has no options

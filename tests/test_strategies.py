@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from testbed import RunContext
+from testbed import RunContext, TextBatch
 from testbed.config import parse_overrides, resolve
 from testbed.errors import UserError
 from testbed.model import accuracy_and_macro_f1
@@ -231,7 +231,8 @@ def test_self_teacher(registry, dropout):
     record = registry.get("teacher", "self")
     teacher = record.factory(record.options(dropout=dropout), CTX, student)
     inputs = {"x": torch.ones(64, 4)}
-    first, second = teacher.probs(inputs), teacher.probs(inputs)
+    batch = TextBatch(["unused"] * 64, lambda texts: inputs)
+    first, second = teacher.probs(batch), teacher.probs(batch)
     assert not first.requires_grad
     assert torch.allclose(first.sum(-1), torch.ones(64))
     assert student.training  # left in train mode either way
