@@ -42,6 +42,28 @@ def ce(options):
     return lambda logits, targets: -(targets * logits.log_softmax(-1)).sum(-1)
 
 
+def js(options):
+    """Jensen-Shannon divergence (Lin 1991), natural log, per example:
+
+        JS(p, t) = ½ KL(p ‖ m) + ½ KL(t ‖ m),   m = (p + t) / 2,   p = softmax(logits)
+
+    Symmetric, bounded by ln 2 (so one confidently wrong pseudo-label cannot dominate the batch
+    the way it does under cross-entropy), and 0 only when p = t. 0·log 0 counts as 0.
+    """
+
+    def distance(logits, targets):
+        log_p = logits.log_softmax(-1)  # finite even where softmax underflows to 0
+        p = log_p.exp()
+        # m >= t/2 > 0 wherever t > 0, and m >= p/2 > 0 wherever p > 0; the clamp only guards the
+        # case where both are exactly 0 (float underflow), whose terms are 0 · finite anyway.
+        log_m = ((p + targets) / 2).clamp_min(torch.finfo(logits.dtype).tiny).log()
+        student_side = (p * (log_p - log_m)).sum(-1)
+        target_side = (torch.xlogy(targets, targets) - targets * log_m).sum(-1)
+        return (student_side + target_side) / 2
+
+    return distance
+
+
 @hookimpl
 def testbed_distances():
     return [
@@ -49,4 +71,5 @@ def testbed_distances():
         Distance(name="l2", summary="squared L2 distance between probability vectors", factory=l2),
         Distance(name="kl", summary="KL(target ‖ student), optional temperature", factory=kl, options=KLOptions),
         Distance(name="ce", summary="cross-entropy to hard or soft targets", factory=ce),
+        Distance(name="js", summary="Jensen-Shannon divergence, symmetric and bounded by ln 2", factory=js),
     ]

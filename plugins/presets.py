@@ -1,22 +1,101 @@
-"""Named methods as data: seam choices and their options."""
+"""Named methods as data: seam choices and their options. Nothing here is code.
+
+Each preset keeps the published setting where it transfers to text and to short CPU runs,
+and says where it does not. Options the preset leaves out take the strategy's default;
+"budget-aware" defaults (EMA momenta, warm-ups, ramps) scale with ``train.steps`` instead of
+assuming 10^5-10^6 iterations (see DESIGN.md, "A lesson measured on the peer").
+Until text augmentations beyond ``drop_swap`` land, it stands in for back-translation and
+RandAugment-style strong views; set ``augmentation.strong`` to change it.
+"""
 
 from testbed import Preset, hookimpl
+
+IDENTITY = {"name": "identity"}
+NOISE = {"name": "drop_swap"}
+HARD_CE = {"distance": {"name": "ce"}}
 
 PRESETS = {
     "supervised": (
         "labeled data only: the consistency weight λ is 0, so no unlabeled batch is drawn",
         {"schedule": {"name": "constant", "weight": 0.0}},
     ),
+    "pseudolabel": (
+        "Pseudo-Label (Lee 2013): hard labels of the model's own confident predictions (τ = 0.95 as in USB), "
+        "λ ramped up linearly over the first 40% of training",
+        {"augmentation": {"weak": IDENTITY, "strong": IDENTITY}, "teacher": {"name": "self"},
+         "selector": {"name": "threshold", "threshold": 0.95}, **HARD_CE,
+         "schedule": {"name": "linear", "weight": 1.0, "ramp": 0.4}},
+    ),
+    "pimodel": (
+        "Π-model (Laine & Aila 2017): squared error between predictions on two noised views, sigmoid ramp-up",
+        {"augmentation": {"weak": NOISE, "strong": NOISE}, "teacher": {"name": "self", "dropout": True},
+         "selector": {"name": "none"}, "distance": {"name": "l2"},
+         "schedule": {"name": "sigmoid", "weight": 1.0, "ramp": 0.4}},
+    ),
+    "meanteacher": (
+        "Mean Teacher (Tarvainen & Valpola 2017): an EMA teacher's predictions as soft targets, squared error, "
+        "sigmoid ramp-up; the EMA decay is budget-aware instead of 0.999",
+        {"augmentation": {"weak": NOISE, "strong": NOISE}, "teacher": {"name": "ema"},
+         "selector": {"name": "none"}, "distance": {"name": "l2"},
+         "schedule": {"name": "sigmoid", "weight": 1.0, "ramp": 0.4}},
+    ),
+    "uda": (
+        "UDA (Xie et al. 2020, google-research/uda): KL to targets sharpened with T = 0.4 under a confidence mask "
+        "β = 0.8, linear TSA on the supervised loss, λ = 1",
+        {"augmentation": {"weak": IDENTITY, "strong": NOISE}, "teacher": {"name": "self"},
+         "selector": {"name": "threshold", "threshold": 0.8, "soft": True, "temperature": 0.4},
+         "distance": {"name": "kl"}, "schedule": {"name": "constant", "weight": 1.0},
+         "tsa": {"name": "tsa_linear"}},
+    ),
     "fixmatch": (
         "FixMatch (Sohn et al. 2020): hard pseudo-labels from the weak view where confidence >= 0.95, "
         "cross-entropy on the strong view",
-        {
-            "augmentation": {"weak": {"name": "identity"}, "strong": {"name": "drop_swap"}},
-            "teacher": {"name": "self"},
-            "selector": {"name": "threshold", "threshold": 0.95, "soft": False},
-            "distance": {"name": "ce"},
-            "schedule": {"name": "constant", "weight": 1.0},
-        },
+        {"augmentation": {"weak": IDENTITY, "strong": NOISE}, "teacher": {"name": "self"},
+         "selector": {"name": "threshold", "threshold": 0.95, "soft": False}, **HARD_CE,
+         "schedule": {"name": "constant", "weight": 1.0}},
+    ),
+    "flexmatch": (
+        "FlexMatch (Zhang et al. 2021): FixMatch with class-wise curriculum thresholds τ·M(β_c), convex mapping; "
+        "the warm-up counts unused examples among those seen so far, not the whole pool",
+        {"augmentation": {"weak": IDENTITY, "strong": NOISE}, "teacher": {"name": "self"},
+         "selector": {"name": "flexmatch", "threshold": 0.95, "mapping": "convex", "warmup": "seen"}, **HARD_CE,
+         "schedule": {"name": "constant", "weight": 1.0}},
+    ),
+    "freematch": (
+        "FreeMatch (Wang et al. 2023): self-adaptive global and class-wise thresholds from EMAs of the confidence "
+        "(budget-aware momentum instead of 0.999); the fairness term is not included",
+        {"augmentation": {"weak": IDENTITY, "strong": NOISE}, "teacher": {"name": "self"},
+         "selector": {"name": "freematch"}, **HARD_CE, "schedule": {"name": "constant", "weight": 1.0}},
+    ),
+    "softmatch": (
+        "SoftMatch (Chen et al. 2023): Gaussian weights below the EMA mean confidence, uniform distribution "
+        "alignment (budget-aware momentum instead of 0.999)",
+        {"augmentation": {"weak": IDENTITY, "strong": NOISE}, "teacher": {"name": "self"},
+         "selector": {"name": "softmatch", "distribution_alignment": True}, **HARD_CE,
+         "schedule": {"name": "constant", "weight": 1.0}},
+    ),
+    "noisy-student": (
+        "Noisy Student (Xie et al. 2020): an unnoised frozen teacher refreshed each of 3 rounds, the student "
+        "re-initialised each round and trained on noised views of confident pseudo-labels",
+        {"augmentation": {"weak": IDENTITY, "strong": NOISE},
+         "teacher": {"name": "snapshot", "rounds": 3, "reinit_student": True, "dropout": False},
+         "selector": {"name": "threshold", "threshold": 0.8}, **HARD_CE,
+         "schedule": {"name": "constant", "weight": 1.0}},
+    ),
+    "distillation": (
+        "Knowledge distillation (Hinton et al. 2015): a separately fine-tuned teacher (teacher.backbone, MiniLM by "
+        "default) teaches the student with KL, both softened at temperature 2, on unlabeled text",
+        {"augmentation": {"weak": IDENTITY, "strong": IDENTITY},
+         "teacher": {"name": "model", "backbone": "minilm", "temperature": 2.0},
+         "selector": {"name": "none"}, "distance": {"name": "kl", "temperature": 2.0},
+         "schedule": {"name": "constant", "weight": 1.0}},
+    ),
+    "cotraining": (
+        "Co-training (Blum & Mitchell 1998; deep form after Qiao et al. 2018): a peer model and the student teach "
+        "each other with confident hard pseudo-labels",
+        {"augmentation": {"weak": IDENTITY, "strong": NOISE}, "teacher": {"name": "cotrain", "threshold": 0.95},
+         "selector": {"name": "threshold", "threshold": 0.95}, **HARD_CE,
+         "schedule": {"name": "constant", "weight": 1.0}},
     ),
 }
 

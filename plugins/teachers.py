@@ -1,10 +1,74 @@
-"""Teachers: who produces the probabilities on the weak view."""
+"""Teachers: who produces the probabilities on the weak view.
 
+``probs`` runs without gradient and returns [B, C]; ``update`` runs after every optimizer step
+and returns True only when it replaced the student's weights (the loop then clears the
+optimizer's moments, which belong to the old weights). Teachers that are copies of the student
+read ``batch.inputs`` (the student's tokens); teachers with their own backbone tokenize
+``batch.texts`` with their own tokenizer, so the two models may have different vocabularies.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
-from testbed import BaseTeacher, Teacher, hookimpl
+from testbed import BaseTeacher, Teacher, UserError, hookimpl
+
+# --------------------------------------------------------------------------- helpers
+
+
+@torch.no_grad()
+def _probabilities(model, inputs: dict, dropout: bool, temperature: float = 1.0):
+    """softmax(logits / T) with dropout on or off; the model is left in eval mode (a teacher's
+    resting state), whatever mode the call needed."""
+    model.train(dropout)
+    try:
+        return (model(**inputs).logits / temperature).softmax(-1)
+    finally:
+        model.eval()
+
+
+def _frozen_copy(model):
+    """A deep copy that no optimizer will touch: no gradients, eval mode."""
+    return copy.deepcopy(model).requires_grad_(False).eval()
+
+
+def _batches(n: int, size: int, rng: np.random.Generator):
+    """Endless shuffled passes over range(n), ``size`` indices at a time (batches may span passes)."""
+    order = np.empty(0, dtype=np.int64)
+    while True:
+        while len(order) < size:
+            order = np.concatenate([order, rng.permutation(n)])
+        yield order[:size]
+        order = order[size:]
+
+
+def _own_tokenizer(tokenizer, max_length: int):
+    """Pad to the longest text of the batch, as the student's tokenizer does."""
+    return lambda texts: dict(tokenizer(texts, padding="longest", truncation=True, max_length=max_length,
+                                        return_tensors="pt"))
+
+
+def _labeled_or_error(context, teacher: str):
+    if context.labeled is None or len(context.labeled) == 0:
+        raise UserError(f"teacher {teacher!r} trains on the labeled set, but the run context has none. "
+                        "It is built by the training loop; when constructing it by hand, pass RunContext(labeled=...).")
+    return context.labeled
+
+
+def _load_or_error(context, name: str, teacher: str):
+    if context.load_backbone is None:
+        raise UserError(f"teacher {teacher!r} needs to load backbone {name!r}, but the run context cannot load backbones. "
+                        "Run it through the training loop with a plugin registry, or pass RunContext(load_backbone=...).")
+    return context.load_backbone(name)
+
+
+# --------------------------------------------------------------------------- self
 
 
 @dataclass(frozen=True)
@@ -29,6 +93,301 @@ class SelfTeacher(BaseTeacher):
             self.student.train()
 
 
+# --------------------------------------------------------------------------- ema
+
+# Budget-aware EMA: the time constant τ = 1 / (1 − α) (the number of recent steps the average
+# effectively spans) is 1% of the run, at least 10 steps. Mean Teacher's published α = 0.999
+# (τ = 1000 steps) assumes ~10^5 steps; this rule gives back 0.999 (τ = 1024) at USB's
+# 102,400-iteration budget, but α = 0.9 at 500 steps, where 0.999 would keep the teacher a flat
+# average of every weight since initialisation, untrained ones included, for the whole run.
+EMA_HORIZON_FRACTION = 0.01
+EMA_MIN_HORIZON = 10.0
+
+
+def budget_ema_decay(steps: int) -> float:
+    """α = 1 − 1/τ with τ = max(10, 0.01 · steps)."""
+    return 1.0 - 1.0 / max(EMA_MIN_HORIZON, EMA_HORIZON_FRACTION * steps)
+
+
+@dataclass(frozen=True)
+class EmaOptions:
+    decay: float | None = None  # α; None = budget-aware 1 − 1/max(10, 0.01·train.steps), replacing the paper's 0.999
+    dropout: bool = False  # predict with dropout on (Mean Teacher's noisy teacher); off = eval mode
+
+    def __post_init__(self):
+        if self.decay is not None and not 0 <= self.decay < 1:
+            raise ValueError(f"teacher.decay must be in [0, 1) or unset for the budget-aware default, got {self.decay}")
+
+
+class EmaTeacher(BaseTeacher):
+    """Mean Teacher (Tarvainen & Valpola 2017): the teacher's weights are an exponential moving
+    average of the student's, updated after every optimizer step t = 1, 2, …
+
+        θ'_t = α_t θ'_{t−1} + (1 − α_t) θ_t,   α_t = min(α, 1 − 1/(t + 1))
+
+    The ramp α_t (from the paper's code) makes the teacher the plain mean of the weights so far
+    until t + 1 reaches τ = 1/(1 − α), so early on it is not anchored to the random initialisation.
+    Buffers (e.g. BatchNorm statistics, position ids) are copied from the student, not averaged.
+    ``decay`` defaults to a budget-aware α (see ``budget_ema_decay``), not 0.999.
+    """
+
+    def __init__(self, options: EmaOptions, context, student):
+        self.decay = budget_ema_decay(context.steps) if options.decay is None else options.decay
+        self.dropout = options.dropout
+        self.model = _frozen_copy(student)
+        self.params = list(self.model.parameters())
+        self.buffers = list(self.model.buffers())
+
+    def probs(self, batch, stochastic=False):
+        return _probabilities(self.model, batch.inputs, self.dropout or stochastic)
+
+    @torch.no_grad()
+    def update(self, student, step):
+        alpha = min(self.decay, 1.0 - 1.0 / (step + 1))
+        # θ' ← θ' + (1 − α)(θ − θ') = α θ' + (1 − α) θ, all tensors in one fused call
+        torch._foreach_lerp_(self.params, [p.detach() for p in student.parameters()], 1.0 - alpha)
+        for mine, theirs in zip(self.buffers, student.buffers()):
+            mine.copy_(theirs)
+        return False
+
+
+# --------------------------------------------------------------------------- snapshot
+
+
+@dataclass(frozen=True)
+class SnapshotOptions:
+    rounds: int = 4  # the teacher is refreshed every ceil(train.steps / rounds) steps
+    reinit_student: bool = False  # at each refresh, reset the student to its initial weights (Noisy Student)
+    dropout: bool = False  # predict with dropout on; Noisy Student's teacher is unnoised
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise ValueError(f"teacher.rounds must be at least 1, got {self.rounds}")
+
+
+class SnapshotTeacher(BaseTeacher):
+    """Self-training with a frozen teacher (Noisy Student, Xie et al. 2020): the run is split into
+    ``rounds`` rounds of L = ceil(T / rounds) steps; after steps L, 2L, … (< T) the teacher becomes a
+    frozen copy of the current student and, with ``reinit_student``, the student restarts from its
+    initial weights (the pretrained encoder and the run's initial head, saved at construction),
+    as Noisy Student trains each new student from scratch. Budget-aware by construction: rounds are
+    fractions of the run, not epochs.
+
+    The first round's teacher is the untrained student (a random head on the encoder): its
+    pseudo-labels are near chance, so they should be kept out of the loss until the selector's
+    confidence threshold admits them; with a ``none`` selector the first round trains on noise.
+    No refresh happens at the last step, so the evaluated student is never a freshly reset one.
+    """
+
+    def __init__(self, options: SnapshotOptions, context, student):
+        self.every, self.steps, self.dropout = math.ceil(context.steps / options.rounds), context.steps, options.dropout
+        self.model = _frozen_copy(student)
+        self.initial = {k: v.detach().clone() for k, v in student.state_dict().items()} if options.reinit_student else None
+        self.refreshed_at: list[int] = []
+
+    def probs(self, batch, stochastic=False):
+        return _probabilities(self.model, batch.inputs, self.dropout or stochastic)
+
+    @torch.no_grad()
+    def update(self, student, step):
+        if step % self.every or step >= self.steps:
+            return False
+        self.model.load_state_dict(student.state_dict())
+        self.refreshed_at.append(step)
+        if self.initial is None:
+            return False
+        student.load_state_dict(self.initial)  # in place: the optimizer still holds these parameters
+        return True  # the loop clears the optimizer's moments, which belonged to the old weights
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    backbone: str = "minilm"  # a backbone name, local path or hub id; loaded with its own tokenizer
+    steps: int = 100  # supervised fine-tuning steps on the labeled set before the run; 0 = use as loaded
+    lr: float = 5e-5
+    batch_size: int = 16
+    max_length: int = 128  # the teacher's own tokenizer
+    temperature: float = 1.0  # soft targets softmax(z / T) (Hinton et al.); pair with distance.temperature
+
+    def __post_init__(self):
+        if not self.backbone:
+            raise ValueError("teacher.backbone must name a backbone, a local path or a hub id")
+        if self.steps < 0:
+            raise ValueError(f"teacher.steps must be 0 or more, got {self.steps}")
+        if self.lr <= 0:
+            raise ValueError(f"teacher.lr must be positive, got {self.lr}")
+        if self.batch_size < 1:
+            raise ValueError(f"teacher.batch_size must be at least 1, got {self.batch_size}")
+        if self.max_length < 2:
+            raise ValueError(f"teacher.max_length must be at least 2, got {self.max_length}")
+        if self.temperature <= 0:
+            raise ValueError(f"teacher.temperature must be positive, got {self.temperature}")
+
+
+class ModelTeacher(BaseTeacher):
+    """Knowledge distillation (Hinton et al. 2015): a separate model, fine-tuned supervised on the
+    labeled set for ``steps`` AdamW steps (shuffled batches, seeded with the run's seed) before the
+    run starts, then frozen; its soft targets softmax(z / T) teach the student on unlabeled text.
+    The backbones may differ (e.g. a larger teacher): the teacher tokenizes the texts itself.
+    """
+
+    def __init__(self, options: ModelOptions, context, student):
+        labeled = _labeled_or_error(context, "model")
+        self.temperature = options.temperature
+        # A private RNG stream: the teacher's head and dropout neither depend on nor disturb the run's.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(context.seed)
+            self.model, tokenizer = _load_or_error(context, options.backbone, "model")
+            self.tokens = _own_tokenizer(tokenizer, options.max_length)
+            self._fine_tune(labeled, options, np.random.default_rng(context.seed))
+        self.model.requires_grad_(False).eval()
+
+    def _fine_tune(self, labeled, options: ModelOptions, rng):
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.lr)
+        labels = torch.as_tensor(np.asarray(labeled.labels), dtype=torch.long)
+        batches = _batches(len(labeled), options.batch_size, rng)
+        self.model.train()
+        for _ in range(options.steps):
+            idx = next(batches)
+            logits = self.model(**self.tokens([labeled.texts[i] for i in idx])).logits
+            loss = F.cross_entropy(logits, labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    def probs(self, batch, stochastic=False):
+        return _probabilities(self.model, self.tokens(batch.texts), stochastic, self.temperature)
+
+
+# --------------------------------------------------------------------------- cotrain
+
+
+def reinit_head(model) -> None:
+    """Re-initialise a classifier's head in place with the current torch RNG: every child module
+    outside the pretrained body (Hugging Face's ``base_model_prefix``, e.g. ``bert``), using the
+    model's own initialiser; for other models, the last child module that has parameters."""
+    prefix = getattr(model, "base_model_prefix", None)
+    children = [(name, module) for name, module in model.named_children() if any(True for _ in module.parameters())]
+    if prefix and any(name == prefix for name, _ in children):
+        head = [module for name, module in children if name != prefix]
+    else:
+        head = [module for _, module in children[-1:]]
+    init = getattr(model, "_init_weights", None)
+    for module in head:
+        if callable(init):
+            module.apply(init)  # as a freshly loaded head would be initialised
+        else:
+            for sub in module.modules():
+                if hasattr(sub, "reset_parameters"):
+                    sub.reset_parameters()
+
+
+@dataclass(frozen=True)
+class CotrainOptions:
+    backbone: str = ""  # "" = a copy of the student with a re-initialised head; else a backbone name/path/hub id
+    threshold: float = 0.95  # the student's confidence needed for its pseudo-label to train the peer
+    lr: float = 5e-5  # the peer's AdamW learning rate
+    batch_size: int = 16  # labeled examples in each peer step
+    max_length: int = 128  # the peer's own tokenizer (when backbone is set)
+
+    def __post_init__(self):
+        if not 0 <= self.threshold <= 1:
+            raise ValueError(f"teacher.threshold must be in [0, 1], got {self.threshold}")
+        if self.lr <= 0:
+            raise ValueError(f"teacher.lr must be positive, got {self.lr}")
+        if self.batch_size < 1:
+            raise ValueError(f"teacher.batch_size must be at least 1, got {self.batch_size}")
+        if self.max_length < 2:
+            raise ValueError(f"teacher.max_length must be at least 2, got {self.max_length}")
+
+
+class CotrainTeacher(BaseTeacher):
+    """Co-training (Blum & Mitchell 1998), online and deep as in Qiao et al. 2018 (Deep Co-Training):
+    two networks, each the other's teacher. The peer's probabilities on the weak view are the
+    student's targets (through the selector, like any teacher); after each student step the peer
+    takes one AdamW step on
+
+        CE(peer(x_l), y_l)  +  Σ_u 1[max p_s(u) ≥ τ] · CE(peer(u), argmax p_s(u)) / |u|
+
+    a labeled batch plus the student's hard pseudo-labels (eval mode, after its step) on the same
+    unlabeled texts, where the student is confident. The loss is normalised as FixMatch's (by the
+    whole unlabeled batch) with weight 1.
+
+    "Different views" here: Blum & Mitchell assume two conditionally independent feature sets;
+    text offers no such split. The two models differ instead by initialisation (a re-initialised
+    head with another seed, or another backbone with its own tokenizer) and by input: the peer
+    learns from the student's predictions on the weak view, the student from the peer's on the
+    strong view. Limits: the encoders start identical when ``backbone`` is empty, so the two
+    models' errors are correlated and they can confirm each other's mistakes; Qiao et al.'s
+    view-difference term (adversarial examples) and JS agreement loss are not implemented here
+    (``distance.name=js`` gives the student side of the latter). Cost per step: one peer
+    forward/backward and one extra student forward.
+    """
+
+    def __init__(self, options: CotrainOptions, context, student):
+        self.labeled = _labeled_or_error(context, "cotrain")
+        self.threshold, self.batch_size = options.threshold, options.batch_size
+        # seed + 1: the peer's head must differ from the student's (initialised with the run's seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(context.seed + 1)
+            if options.backbone:
+                self.peer, tokenizer = _load_or_error(context, options.backbone, "cotrain")
+                self.tokens, self.own_tokens = _own_tokenizer(tokenizer, options.max_length), True
+            else:
+                if context.tokenize is None:
+                    raise UserError("teacher 'cotrain' with a copy of the student needs the student's tokenizer "
+                                    "(RunContext.tokenize); the training loop provides it.")
+                self.peer = copy.deepcopy(student)
+                reinit_head(self.peer)
+                self.tokens, self.own_tokens = context.tokenize, False
+        self.peer.requires_grad_(True).eval()
+        self.optimizer = torch.optim.AdamW(self.peer.parameters(), lr=options.lr)
+        self.labels = torch.as_tensor(np.asarray(self.labeled.labels), dtype=torch.long)
+        self.batches = _batches(len(self.labeled), options.batch_size, np.random.default_rng(context.seed + 1))
+        self.remembered = None  # the last weak-view batch the student was taught on
+        self.pseudo_labels = 0  # how many of the student's pseudo-labels the peer used in its last step
+
+    def probs(self, batch, stochastic=False):
+        self.remembered = batch
+        inputs = self.tokens(batch.texts) if self.own_tokens else batch.inputs
+        return _probabilities(self.peer, inputs, stochastic)
+
+    def update(self, student, step):
+        idx = next(self.batches)
+        texts, targets = [self.labeled.texts[i] for i in idx], [self.labels[idx]]
+        unlabeled = 0
+        if self.remembered is not None:  # None when λ(step) = 0 and no unlabeled batch was drawn
+            was_training = student.training
+            confidence, label = _probabilities(student, self.remembered.inputs, False).max(-1)
+            student.train(was_training)  # _probabilities leaves models in eval mode
+            keep = (confidence >= self.threshold).nonzero().squeeze(1)
+            texts += [self.remembered.texts[i] for i in keep.tolist()]
+            targets.append(label[keep])
+            unlabeled, self.pseudo_labels, self.remembered = len(self.remembered.texts), len(keep), None
+        self.peer.train()
+        per_example = F.cross_entropy(self.peer(**self.tokens(texts)).logits, torch.cat(targets), reduction="none")
+        n = len(idx)
+        loss = per_example[:n].mean() + (per_example[n:].sum() / unlabeled if unlabeled else 0.0)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.peer.eval()
+        return False
+
+
 @hookimpl
 def testbed_teachers():
-    return [Teacher(name="self", summary="the student itself, no gradient", factory=SelfTeacher, options=SelfOptions)]
+    return [
+        Teacher(name="self", summary="the student itself, no gradient", factory=SelfTeacher, options=SelfOptions),
+        Teacher(name="ema", summary="Mean Teacher: EMA of the student's weights (budget-aware decay)",
+                factory=EmaTeacher, options=EmaOptions),
+        Teacher(name="snapshot", summary="self-training: frozen copy of the student, refreshed every round",
+                factory=SnapshotTeacher, options=SnapshotOptions),
+        Teacher(name="model", summary="distillation: a separate model fine-tuned on the labeled set, then frozen",
+                factory=ModelTeacher, options=ModelOptions),
+        Teacher(name="cotrain", summary="co-training: a peer model, each the other's teacher",
+                factory=CotrainTeacher, options=CotrainOptions),
+    ]

@@ -224,11 +224,9 @@ def resolve(user: dict, registry) -> RunConfig:
     if not isinstance(method, str):
         raise UserError(f"Config key 'method' must be a preset name, got {method!r}.")
     preset = _normalize_choices(dict(registry.get("preset", method).settings))
-    for path in CHOICES:  # the preset's options only apply to the strategy the preset chose
-        mine, theirs = _get(user, path), _get(preset, path)
-        if isinstance(mine, dict) and isinstance(theirs, dict) and mine.get("name", theirs.get("name")) != theirs.get("name"):
-            theirs.clear()
-    merged = merge(merge(_normalize_choices(DEFAULTS), preset), user)
+    layers = [_normalize_choices(DEFAULTS), preset, user]
+    _drop_options_of_replaced_strategies(layers)
+    merged = merge(merge(layers[0], preset), user)
     _reject_unknown_sections(merged)
     _route_shorthands(merged, registry)
 
@@ -263,6 +261,21 @@ def resolve(user: dict, registry) -> RunConfig:
         target[leaf] = {"name": name, **dataclasses.asdict(options)}
     return RunConfig(method=method, seed=seed, dataset=core["dataset"], backbone=core["backbone"],
                      train=core["train"], choices=choices, resolved=resolved)
+
+
+def _drop_options_of_replaced_strategies(layers: list[dict]) -> None:
+    """Options set for a strategy apply only while it stays chosen: when a later layer (preset
+    over defaults, user over preset) names another strategy for a seam, earlier options go."""
+    for path in CHOICES:
+        name, specs = None, []
+        for layer in layers:
+            spec = _get(layer, path)
+            if isinstance(spec, dict):
+                name = spec.get("name", name)
+                specs.append((spec, name))
+        for spec, chosen in specs:
+            if chosen != name:
+                spec.clear()
 
 
 def _reject_unknown_sections(merged: dict) -> None:

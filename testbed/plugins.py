@@ -51,9 +51,10 @@ class Registry:
         try:
             return self.records[kind][name][0]
         except KeyError:
+            listing = {"preset": "testbed presets", "dataset": "testbed datasets"}.get(kind, "testbed plugins")
             raise UserError(
                 f"Unknown {kind} {name!r}. {did_you_mean(name, self.names(kind), kind + 's')} "
-                "List them all with `testbed plugins`."
+                f"List them all with `{listing}`."
             ) from None
 
     def names(self, kind: str) -> list[str]:

@@ -205,7 +205,7 @@ def test_nonsense_train_values_are_user_errors_before_training(fast_config, over
 
 
 def test_unknown_preset_lists_the_valid_ones(registry):
-    with pytest.raises(UserError, match=r"Unknown preset 'fixmath'\. Did you mean 'fixmatch'\?.*fixmatch, supervised"):
+    with pytest.raises(UserError, match=r"Unknown preset 'fixmath'\. Did you mean 'fixmatch'.*Valid presets: .*fixmatch, .*supervised.*`testbed presets`"):
         cfg_of(registry, "method=fixmath")
 
 

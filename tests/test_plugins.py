@@ -148,15 +148,15 @@ def test_builtins_register_as_entry_points_named_after_their_seam(registry):
     assert BUILTIN_PLUGINS <= set(infos)
     for name in BUILTIN_PLUGINS:
         assert infos[name].source.startswith("entry point of testbed"), infos[name].source
-    assert set(infos["distances"].provides["distance"]) == {"l1", "l2", "kl", "ce"}
-    assert set(infos["presets"].provides["preset"]) == {"supervised", "fixmatch"}
+    assert set(infos["distances"].provides["distance"]) == {"l1", "l2", "kl", "ce", "js"}
+    assert {"supervised", "fixmatch", "uda", "distillation"} <= set(infos["presets"].provides["preset"])
     # every record remembers which plugin provided it
     assert registry.records["distance"]["kl"][1] == "distances"
     assert registry.records["backbone"]["tiny"][1] == "backbones"
 
 
 def test_unknown_name_lists_the_valid_ones(registry):
-    with pytest.raises(UserError, match=r"Did you mean 'kl'\?.*Valid distances: ce, kl, l1, l2"):
+    with pytest.raises(UserError, match=r"Did you mean 'kl'\?.*Valid distances: ce, js, kl, l1, l2"):
         registry.get("distance", "kll")
 
 
@@ -357,7 +357,8 @@ def test_plugins_json_lists_builtins_with_what_they_provide():
             provided.setdefault(kind, set()).update(names)
     for kind, names in EXPECTED_BUILTINS.items():
         assert names <= provided[kind], kind
-    assert set(by_name["selectors"]["provides"]["selector"]) == {"threshold", "none"}
+    assert set(by_name["selectors"]["provides"]["selector"]) == {
+        "threshold", "none", "flexmatch", "freematch", "softmatch", "curriculum", "uncertainty", "topk"}
 
 
 def test_plugins_json_includes_a_plugin_file(tmp_path):
