@@ -33,16 +33,8 @@ def _check_momentum(value: float | None) -> None:
         raise ValueError(f"selector.ema_momentum must be in [0, 1) or unset (budget-aware), got {value}")
 
 
-def budget_momentum(steps: int) -> float:
-    """EMA momentum sized to the run: m = 1 - 1/max(10, steps/100), i.e. an EMA time constant
-    1/(1-m) of 1% of the run's steps, at least 10 steps. It replaces the published m = 0.999
-    (time constant 1000 steps), which is this rule at USB's 102,400-iteration budget but
-    leaves a 500-step run at its initial value (0.999^500 = 0.61 of the start still remains)."""
-    return 1.0 - 1.0 / max(10.0, steps / 100.0)
-
-
 def _momentum(option: float | None, context) -> float:
-    return budget_momentum(context.steps) if option is None else option
+    return context.budget_momentum() if option is None else option
 
 
 def _targets(probs, soft: bool = False, temperature: float = 1.0):

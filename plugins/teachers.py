@@ -95,20 +95,6 @@ class SelfTeacher(BaseTeacher):
 
 # --------------------------------------------------------------------------- ema
 
-# Budget-aware EMA: the time constant τ = 1 / (1 − α) (the number of recent steps the average
-# effectively spans) is 1% of the run, at least 10 steps. Mean Teacher's published α = 0.999
-# (τ = 1000 steps) assumes ~10^5 steps; this rule gives back 0.999 (τ = 1024) at USB's
-# 102,400-iteration budget, but α = 0.9 at 500 steps, where 0.999 would keep the teacher a flat
-# average of every weight since initialisation, untrained ones included, for the whole run.
-EMA_HORIZON_FRACTION = 0.01
-EMA_MIN_HORIZON = 10.0
-
-
-def budget_ema_decay(steps: int) -> float:
-    """α = 1 − 1/τ with τ = max(10, 0.01 · steps)."""
-    return 1.0 - 1.0 / max(EMA_MIN_HORIZON, EMA_HORIZON_FRACTION * steps)
-
-
 @dataclass(frozen=True)
 class EmaOptions:
     decay: float | None = None  # α; None = budget-aware 1 − 1/max(10, 0.01·train.steps), replacing the paper's 0.999
@@ -128,11 +114,11 @@ class EmaTeacher(BaseTeacher):
     The ramp α_t (from the paper's code) makes the teacher the plain mean of the weights so far
     until t + 1 reaches τ = 1/(1 − α), so early on it is not anchored to the random initialisation.
     Buffers (e.g. BatchNorm statistics, position ids) are copied from the student, not averaged.
-    ``decay`` defaults to a budget-aware α (see ``budget_ema_decay``), not 0.999.
+    ``decay`` defaults to a budget-aware α (``RunContext.budget_momentum``), not 0.999.
     """
 
     def __init__(self, options: EmaOptions, context, student):
-        self.decay = budget_ema_decay(context.steps) if options.decay is None else options.decay
+        self.decay = context.budget_momentum() if options.decay is None else options.decay
         self.dropout = options.dropout
         self.model = _frozen_copy(student)
         self.params = list(self.model.parameters())
