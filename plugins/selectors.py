@@ -126,6 +126,7 @@ class FlexMatchOptions:
     threshold: float = 0.95  # τ, the threshold of a fully learned class
     mapping: str = "convex"  # M(β): "convex" x/(2-x) (the paper's choice) or "linear" x
     warmup: str = "seen"  # "seen" (budget-aware), "pool" (published: whole pool), "off"
+    warmup_fraction: float = 0.1  # "seen" warm-up ends after this fraction of train.steps at the latest
     soft: bool = False  # sharpened soft targets instead of one-hot labels
     temperature: float = 1.0  # sharpening of soft targets: p^(1/T), renormalised
 
@@ -133,6 +134,7 @@ class FlexMatchOptions:
         _check_unit("threshold", self.threshold)
         _check_choice("mapping", self.mapping, ("convex", "linear"))
         _check_choice("warmup", self.warmup, ("seen", "pool", "off"))
+        _check_unit("warmup_fraction", self.warmup_fraction)
         if self.temperature <= 0:
             raise ValueError(f"selector.temperature must be positive, got {self.temperature}")
 
@@ -153,8 +155,11 @@ class FlexMatchSelector(BaseSelector):
     so a run that draws a small part of a big pool keeps β ≈ 0, T_c ≈ 0 and accepts every
     pseudo-label for the whole run (measured on USB; DESIGN.md). ``warmup="seen"`` (default,
     replacing the published whole-pool warm-up) counts as unused only the examples this run has
-    drawn at least once and never confidently predicted; ``"pool"`` is the published
-    behaviour; ``"off"`` is the paper's no-warm-up variant.
+    drawn at least once and never confidently predicted, and ends after ``warmup_fraction`` of
+    the run at the latest: counting seen examples alone was measured not to be enough (AG News,
+    MiniLM, 150 steps: 89% of the seen examples were still unused at the end, thresholds stayed
+    below 0.04 and every pseudo-label was accepted). ``"pool"`` is the published behaviour;
+    ``"off"`` is the paper's no-warm-up variant.
     """
 
     def __init__(self, options: FlexMatchOptions, context):
@@ -163,11 +168,13 @@ class FlexMatchSelector(BaseSelector):
         self.pool_size = context.pool_size
         self.memory = torch.full((context.pool_size,), -1, dtype=torch.long)  # last confident class
         self.seen = torch.zeros(context.pool_size, dtype=torch.bool)  # drawn at least once
+        self.warmup_end = math.ceil(options.warmup_fraction * context.steps)
+        self.step = 0  # the last step selected, for the warm-up and for stats()
 
     def _unused(self, used) -> int:
         if self.options.warmup == "pool":
             return int((~used).sum())
-        if self.options.warmup == "seen":
+        if self.options.warmup == "seen" and self.step <= self.warmup_end:
             return int((self.seen & ~used).sum())
         return 0
 
@@ -184,6 +191,7 @@ class FlexMatchSelector(BaseSelector):
         return mapped * self.options.threshold
 
     def select(self, probs, indices, step):
+        self.step = step
         confidence, predicted = probs.max(-1)
         thresholds = self.class_thresholds().to(probs.dtype)  # compare in the probabilities' precision
         weights = (confidence >= thresholds[predicted]).float()
@@ -199,10 +207,10 @@ class FlexMatchSelector(BaseSelector):
                 "seen_fraction": float(self.seen.float().mean())}
 
     def state_dict(self):
-        return {"memory": self.memory.clone(), "seen": self.seen.clone()}
+        return {"memory": self.memory.clone(), "seen": self.seen.clone(), "step": self.step}
 
     def load_state_dict(self, state):
-        self.memory, self.seen = state["memory"].clone(), state["seen"].clone()
+        self.memory, self.seen, self.step = state["memory"].clone(), state["seen"].clone(), state["step"]
 
 
 # --------------------------------------------------------------------------- FreeMatch

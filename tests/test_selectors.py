@@ -118,6 +118,26 @@ def test_flexmatch_seen_warmup_engages_in_a_short_run_over_a_big_pool(registry):
     assert pool.stats()["threshold/class_0"] < 0.01 and seen.stats()["threshold/class_0"] > 0.9
 
 
+def test_flexmatch_seen_warmup_ends_after_its_fraction_of_the_run(registry):
+    """Measured on AG News: most seen examples stay unused in a short run, so counting seen
+    examples alone kept T_c ≈ 0. The warm-up therefore ends after warmup_fraction of the steps."""
+    ctx = RunContext(num_classes=2, pool_size=1_000, steps=50, seed=0)
+    s = make(registry, "flexmatch", ctx, warmup_fraction=0.1)  # warm-up over steps 1..5
+    confident_0 = batch([[0.99, 0.01]] * 2 + [[0.6, 0.4]] * 8)  # 2 confident, 8 seen but unused
+    confident_1 = batch([[0.01, 0.99]] + [[0.4, 0.6]] * 9)
+    for step in range(1, 6):
+        s.select(confident_0 if step % 2 else confident_1, torch.arange((step - 1) * 10, step * 10), step)
+    # σ = [6, 2]; seen & unused = 50 - 8 = 42 -> warm-up still on at step 5
+    assert class_thresholds(s.stats(), 2) == pytest.approx(flex_expected([6, 2], 42, "convex", tau=0.95))
+    chosen = s.select(confident_0, torch.arange(50, 60), 6)  # step 6 > 5: no warm-up
+    expected = flex_expected([6, 2], 0, "convex", tau=0.95)  # computed before this batch's update
+    assert expected[0] == pytest.approx(0.95)
+    assert chosen.weights.tolist() == [1.0, 1.0] + [0.0] * 8
+    fresh = make(registry, "flexmatch", ctx, warmup_fraction=0.1)
+    fresh.load_state_dict(s.state_dict())
+    assert fresh.stats() == s.stats()
+
+
 # --------------------------------------------------------------------------- FreeMatch
 
 FREE_BATCHES = [
