@@ -14,6 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+	# WordNet + POS tagger for the synonym/antonym augmentations, offline, into $(VENV)/nltk_data (idempotent)
+	$(PY) scripts/setup_nltk_data.py
 
 demo: install
 	$(VENV)/bin/testbed run examples/demo.toml method=supervised

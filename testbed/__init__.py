@@ -7,11 +7,14 @@ from testbed.errors import UserError
 from testbed.hookspecs import (
     Augmentation,
     Backbone,
+    BaseExecutor,
     BaseSelector,
     BaseTeacher,
     Dataset,
     DatasetSplits,
     Distance,
+    Executor,
+    ExecutorContext,
     NoOptions,
     Preset,
     RunContext,
@@ -27,7 +30,8 @@ from testbed.hookspecs import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Augmentation", "Backbone", "BaseSelector", "BaseTeacher", "Dataset", "DatasetSplits", "Distance",
+    "Augmentation", "Backbone", "BaseExecutor", "BaseSelector", "BaseTeacher", "Dataset", "DatasetSplits", "Distance",
+    "Executor", "ExecutorContext",
     "NoOptions", "Preset", "RunContext", "Schedule", "Selection", "Selector", "Teacher", "TextBatch", "Texts",
     "UserError", "hookimpl", "__version__",
 ]

@@ -164,5 +164,102 @@ def datasets(ctx, as_json):
     click.echo("Also: dataset.name=files dataset.path=DIR_OR_FILE (local files); dataset.name=hub dataset.hub_id=ID (online).")
 
 
+@main.command()
+@click.argument("args", nargs=-1)
+@click.option("--out", "out_dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Cells go to OUT/<run_id>/, shared with `testbed run` and other grids.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Cells run in parallel.")
+@click.option("--executor", default="local", show_default=True, help="serial, local, dask, or an executor plugin.")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="dask: a running scheduler, e.g. tcp://HOST:8786.")
+@click.option("--executor-option", "-X", "executor_options", multiple=True, metavar="KEY=VALUE",
+              help="An option of the executor (repeatable), e.g. -X start_method=forkserver.")
+@click.option("--dry-run", is_flag=True, help="Print the cells and their status; run nothing.")
+@click.option("--force", is_flag=True, help="Rerun cells that are already finished.")
+@click.option("--retry-failed", is_flag=True, help="Rerun cells that failed before (skipped otherwise).")
+@click.option("--trackers", default=None, metavar="NAMES",
+              help="Log every cell to these trackers too, e.g. mlflow,tensorboard (sets $TESTBED_TRACKERS).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def grid(ctx, args, out_dir, workers, executor, scheduler, executor_options, dry_run, force, retry_failed, trackers, quiet):
+    """Run an ablation grid: testbed grid [GRID.toml] [key=v1,v2 ...] [key=value ...]
+
+    key=v1,v2 adds an axis (or replaces the file's); key=value sets a base value ([1,2] and "a,b"
+    stay one value). Finished cells are never rerun; an interrupted grid resumes where it stopped.
+
+    \b
+    Examples:
+      testbed grid benchmarks/ablation_tiny.toml --workers 2
+      testbed grid benchmarks/ablation_tiny.toml distance.name=l1,kl seed=0,1,2 --dry-run
+      testbed grid benchmarks/ablation_minilm.toml --executor dask --scheduler tcp://HOST:8786
+    """
+    from testbed.config import parse_overrides
+    from testbed.grid import expand, load_grid, run_grid, status_table
+
+    files = [a for a in args if "=" not in a]
+    if len(files) > 1:
+        raise UserError(f"Expected at most one grid file and key=value overrides, got files {files}.")
+    spec = load_grid(files[0] if files else None, [a for a in args if "=" in a])
+    options = {key: value for key, value in _flatten(parse_overrides(list(executor_options)))}
+    if scheduler:
+        options["scheduler"] = scheduler
+    reg = registry(ctx)
+    cells = expand(spec, reg)  # every cell resolved and checked before anything runs
+    if dry_run:
+        lines, counts = status_table(cells, out_dir)
+        click.echo("\n".join(lines))
+        click.echo(f"{len(cells)} cells, {counts.get('done', 0)} already done, "
+                   + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()) if status != "done")
+                   + f" (in {out_dir})")
+        return
+    obj = ctx.find_root().obj
+    plugins_dirs = list(obj["plugins_dirs"])
+    report = run_grid(cells, reg, out_dir, executor=executor, workers=workers, executor_options=options, force=force,
+                      retry_failed=retry_failed, plugins_dirs=plugins_dirs, strict=bool(obj["strict"]), progress=not quiet,
+                      echo=click.echo if quiet else None, env={"TESTBED_TRACKERS": trackers} if trackers is not None else None)
+    click.echo(report.summary())
+    click.echo(f"  results: testbed results {out_dir}")
+    if not report.complete:
+        ctx.exit(1)
+
+
+@main.command()
+@click.argument("out_dir", default="runs", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "parquet", "json"]), default="table", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write to FILE instead of stdout.")
+@click.option("--all-columns", is_flag=True, help="Every config key, not only those that vary across the runs.")
+def results(out_dir, fmt, output, all_columns):
+    """One row per run in OUT_DIR: the config keys that vary across runs, the result metrics and
+    the status (done, failed, running, unfinished). From Python: testbed.results.load_results(DIR)."""
+    from testbed.results import load_results, write_results
+
+    frame = load_results(out_dir, all_columns=all_columns)
+    text = write_results(frame, fmt, output)
+    if text is not None:
+        click.echo(text)
+    elif output:
+        click.echo(f"{len(frame)} runs written to {output}", err=True)
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the cache directory, sizes and entries as JSON.")
+@click.pass_context
+def cache(ctx, as_json):
+    """The view cache ($TESTBED_CACHE/views): its size and entries; `testbed cache clear` empties it."""
+    if ctx.invoked_subcommand is None:
+        from testbed.views import cache_report
+
+        click.echo(cache_report(as_json))
+
+
+@cache.command("clear")
+@click.argument("name", required=False)
+@click.option("--all", "everything", is_flag=True, help="Remove every cached view.")
+def cache_clear(name, everything):
+    """Remove the cached views of augmentation NAME (or an entry directory), or --all."""
+    from testbed.views import clear_cache
+
+    click.echo(clear_cache(name, everything))
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.errors import UserError, did_you_mean
-from testbed.hookspecs import Record
+from testbed.hookspecs import AugmentationSpec, Record
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,13 @@ class TrainConfig:
     eval_every: int = 100  # steps between evaluations (and always at the last step)
     eval_batch_size: int = 64
     threads: int = 0  # torch threads; 0 = torch's default. Not part of the run id.
+    view_variants: int = 4  # K cached views per unlabeled text: its n-th draw uses variant n mod K; 0 = a fresh, uncached view per draw
 
     def __post_init__(self):
         for key in ("steps", "batch_size", "eval_every", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key} must be at least 1, got {getattr(self, key)}")
-        for key in ("unlabeled_ratio", "warmup_steps", "threads", "weight_decay"):
+        for key in ("unlabeled_ratio", "warmup_steps", "threads", "weight_decay", "view_variants"):
             if getattr(self, key) < 0:
                 raise ValueError(f"train.{key} must be 0 or more, got {getattr(self, key)}")
         if self.lr <= 0:
@@ -255,12 +256,46 @@ def resolve(user: dict, registry) -> RunConfig:
             raise UserError(f"Config key '{path}.name' must name a {kind}, got {name!r}. {did_you_mean('', registry.names(kind), kind + 's')}")
         record = registry.get(kind, name)
         _, options = _build_section(path, None, values, record)
+        options = _resolve_nested_specs(options, registry, path)
         choices[path] = Choice(name, record, options)
         parent, _, leaf = path.rpartition(".")
         target = resolved.setdefault(parent, {}) if parent else resolved
         target[leaf] = {"name": name, **dataclasses.asdict(options)}
     return RunConfig(method=method, seed=seed, dataset=core["dataset"], backbone=core["backbone"],
                      train=core["train"], choices=choices, resolved=resolved)
+
+
+def resolve_augmentation(spec: Any, registry, where: str) -> tuple[Record, Any, dict]:
+    """An augmentation spec (a name or a table with ``name`` and options) -> (record, typed options,
+    canonical table with every option). Nested ``AugmentationSpec`` options are resolved the same way."""
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise UserError(f"Config key {where!r} must be an augmentation name or a table with 'name' and its options, "
+                        f"got {spec!r}. Example: {{name = \"word_swap\", p = 0.2}}.")
+    try:
+        record = registry.get("augmentation", spec["name"])
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    _, options = _build_section(where, None, spec, record)
+    options = _resolve_nested_specs(options, registry, where)
+    return record, options, {"name": record.name, **dataclasses.asdict(options)}
+
+
+def _resolve_nested_specs(options: Any, registry, where: str) -> Any:
+    """Options fields typed ``AugmentationSpec`` (or a list of them) hold canonical spec tables afterwards."""
+    if options is None:
+        return options
+    hints = typing.get_type_hints(type(options), include_extras=True)
+    changes = {}
+    for f in dataclasses.fields(options):
+        hint, value = hints[f.name], getattr(options, f.name)
+        if hint == AugmentationSpec:
+            changes[f.name] = resolve_augmentation(value, registry, f"{where}.{f.name}")[2]
+        elif typing.get_origin(hint) in (list, tuple) and typing.get_args(hint)[:1] == (AugmentationSpec,):
+            changes[f.name] = typing.get_origin(hint)(
+                resolve_augmentation(item, registry, f"{where}.{f.name}[{i}]")[2] for i, item in enumerate(value))
+    return dataclasses.replace(options, **changes) if changes else options
 
 
 def _drop_options_of_replaced_strategies(layers: list[dict]) -> None:

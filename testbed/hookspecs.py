@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pluggy
@@ -162,9 +162,43 @@ class Record:
 @dataclass(frozen=True, kw_only=True)
 class Augmentation(Record):
     """factory(options) -> augment(texts: list[str], seeds: np.ndarray) -> list[str].
-    One seed per text: the view of a text depends only on the text, its seed and the options."""
+    One seed per text: the view of a text depends only on the text, its seed and the options.
+    Optional attributes of ``augment``: ``unchanged`` (count of texts returned as they were:
+    empty, too short, nothing to change), ``fingerprint`` (a string that changes when data the
+    options only name changes, e.g. a model directory; it joins the view-cache key).
 
-    factory: Callable[[Any], Callable[[list[str], np.ndarray], list[str]]]
+    ``composite=True``: the factory is called as factory(options, context: AugmentationContext)
+    and its options may hold other augmentations as ``AugmentationSpec`` fields, which the config
+    checks like ``augmentation.strong`` itself (did-you-mean names, valid options, defaults filled
+    in). Example, two augmentations in a row::
+
+        @dataclass(frozen=True)
+        class PairOptions:
+            first: AugmentationSpec = "word_swap"
+            then: AugmentationSpec = "token_mask"
+
+        def pair(options, context):
+            first, then = context.build(options.first), context.build(options.then)
+            return lambda texts, seeds: then(first(texts, seeds), seeds + 1)
+
+        Augmentation(name="pair", summary="two in a row", factory=pair, options=PairOptions, composite=True)
+    """
+
+    factory: Callable[..., Callable[[list[str], np.ndarray], list[str]]]
+    composite: bool = False
+
+
+AugmentationSpec = Annotated[Any, "testbed.augmentation_spec"]
+"""Type of an option that names another augmentation: ``"eda"`` or ``{"name": "eda", "p_rd": 0.2}``
+(``list[AugmentationSpec]`` for several). After config resolution it is the canonical table."""
+
+
+@dataclass(frozen=True)
+class AugmentationContext:
+    """What a composite augmentation's factory gets."""
+
+    build: Callable[[Any], Callable[[list[str], np.ndarray], list[str]]]  # spec -> augment callable
+    options: Callable[[Any], Any]  # spec -> its typed options dataclass, defaults filled in
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,6 +243,45 @@ class Backbone(Record):
     classifier (``model(**inputs).logits``) and a tokenizer callable on a list of texts."""
 
     factory: Callable[[Any, int], tuple[Any, Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Executor(Record):
+    """factory(options, context: ExecutorContext) -> BaseExecutor: where the cells of a grid run
+    (a local process pool, a dask cluster, ...). Selected with ``testbed grid --executor NAME``."""
+
+    factory: Callable[[Any, "ExecutorContext"], "BaseExecutor"]
+
+
+@dataclass(frozen=True)
+class ExecutorContext:
+    """What ``testbed grid`` asks of an executor."""
+
+    workers: int  # parallel cells wanted (--workers)
+    cores: int  # CPU cores of this machine, for executors that size threads per worker
+
+
+class BaseExecutor:
+    """Runs ``fn(task)`` for every task, in parallel, in processes that can import ``testbed``.
+    ``fn`` is a module-level function and tasks and results are picklable. Used as a context
+    manager: ``__exit__`` stops the workers (cancelling what has not started)."""
+
+    #: torch threads for each cell; None = the grid's choice, max(1, cores // workers)
+    threads_per_task: int | None = None
+
+    def map_unordered(self, fn: Callable[[Any], Any], tasks: list) -> Iterable[tuple[Any, Any]]:
+        """Yield ``(task, fn(task))`` as each finishes; ``(task, exception)`` when the
+        infrastructure (not ``fn``) failed, e.g. a worker process died."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,6 +342,12 @@ def testbed_presets() -> Iterable[Preset]:
     Example: ``return [Preset(name="pi", summary="Π-model", settings={"selector": {"name": "none"}, "distance": {"name": "l2"}})]``"""
 
 
+@hookspec
+def testbed_executors() -> Iterable[Executor]:
+    """Where grid cells run, for ``testbed grid --executor NAME`` (built-ins: serial, local, dask).
+    Example: ``return [Executor(name="threads", summary="a thread pool", factory=ThreadExecutor, options=ThreadOptions)]``"""
+
+
 # --------------------------------------------------------------------------- event hooks
 
 
@@ -298,4 +377,5 @@ KINDS: dict[str, tuple[str, type[Record]]] = {
     "dataset": ("testbed_datasets", Dataset),
     "backbone": ("testbed_backbones", Backbone),
     "preset": ("testbed_presets", Preset),
+    "executor": ("testbed_executors", Executor),
 }

@@ -23,6 +23,7 @@ from testbed.config import RunConfig
 from testbed.data import Split, make_split
 from testbed.hookspecs import BaseSelector, BaseTeacher, RunContext, TextBatch
 from testbed.model import accuracy_and_macro_f1, predict, tokenize
+from testbed.views import Views, open_views
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Parts:
     distance: Callable
     schedule: Callable[[int], float]
     tsa: Callable[[int], float]
+    views: Views  # weak and strong views of the pool, cached on disk (testbed.views)
 
 
 def backbone_loader(registry, num_labels: int):
@@ -63,10 +65,9 @@ def prepare(cfg: RunConfig, registry=None) -> Parts:
                      labeled=split.labeled, unlabeled_batch_size=cfg.train.batch_size * cfg.train.unlabeled_ratio,
                      load_backbone=backbone_loader(registry, split.num_classes) if registry else None,
                      tokenize=lambda texts: tokenize(tokenizer, texts, cfg.backbone.max_length))
+    views = open_views(cfg, split.pool_texts, registry)
     return Parts(
-        split=split, student=student, tokenizer=tokenizer,
-        weak=choice["augmentation.weak"].record.factory(choice["augmentation.weak"].options),
-        strong=choice["augmentation.strong"].record.factory(choice["augmentation.strong"].options),
+        split=split, student=student, tokenizer=tokenizer, weak=views.weak.augment, strong=views.strong.augment, views=views,
         teacher=choice["teacher"].record.factory(choice["teacher"].options, ctx, student),
         selector=choice["selector"].record.factory(choice["selector"].options, ctx),
         distance=choice["distance"].record.factory(choice["distance"].options),
@@ -153,7 +154,6 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
     labeled = Sampler(len(split.labeled), t.batch_size, np.random.default_rng(seeds[0]))
     unlabeled_batch = t.batch_size * t.unlabeled_ratio
     unlabeled = Sampler(len(split.pool_texts), unlabeled_batch, np.random.default_rng(seeds[1])) if unlabeled_batch and split.pool_texts else None
-    view_seeds = np.random.default_rng(seeds[2])
     labels = torch.as_tensor(split.labeled.labels)
     optimizer = torch.optim.AdamW(student.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / t.warmup_steps) if t.warmup_steps else 1.0)
@@ -179,9 +179,7 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
         weight = parts.schedule(step)
         if unlabeled is not None and weight > 0:
             uidx = unlabeled.next()
-            texts = [split.pool_texts[i] for i in uidx]
-            weak = parts.weak(texts, view_seeds.integers(2**63, size=len(texts)))
-            strong = parts.strong(texts, view_seeds.integers(2**63, size=len(texts)))
+            weak, strong = parts.views.draw(uidx)  # variant (draws of the text) mod K, from the cache or computed
             weak_batch = TextBatch(weak, tokens)
             if passes == 1:
                 probs = parts.teacher.probs(weak_batch)
@@ -204,7 +202,7 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
         if step % t.eval_every == 0 or step == t.steps:
             eval_started = time.perf_counter()
             record = {"step": step, **evaluate(parts, cfg), **tally.summary(), "consistency_weight": weight, "tsa_threshold": eta,
-                      "lr": warmup.get_last_lr()[0],
+                      "lr": warmup.get_last_lr()[0], **parts.views.stats(),
                       **{f"selector/{k}": v for k, v in parts.selector.stats().items()}}
             eval_seconds += time.perf_counter() - eval_started
             record["elapsed_seconds"] = time.perf_counter() - started

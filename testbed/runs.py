@@ -2,18 +2,26 @@
 
 A run is finished exactly when result.json exists; it is written atomically last, so an
 interrupted run is never mistaken for a finished one, and a finished run is never redone
-unless forced. User errors surface in ``prepare`` before the directory is created.
+unless forced. User errors surface in ``prepare`` before the directory is created. A run
+that raised leaves error.json (an interrupt, e.g. Ctrl-C, leaves the run merely unfinished).
+Processes that share ``OUT`` (grid workers, two ``testbed grid`` commands) take the run's
+lock, ``OUT/.locks/<run_id>.lock``, before running it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
 import os
 import platform
 import shutil
+import socket
 import tempfile
+import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +52,77 @@ def atomic_write_json(path: Path, data: Any) -> None:
 def read_result(run_dir: Path) -> dict | None:
     path = run_dir / "result.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+LOCKS_DIR = ".locks"
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: str | Path, run_id: str, attempts: int = 5) -> Iterator[bool]:
+    """Hold the lock of run ``run_id`` in ``out_dir``: yields True when this process got it,
+    False when another live process holds it. It is an ``flock`` on ``OUT/.locks/<run_id>.lock``
+    (outside the run directory, which a rerun deletes), so the kernel releases it when its
+    holder dies, even by ``kill -9``: a dead process never blocks a run. A few short retries
+    ride out a status probe (``run_status``) that holds it for microseconds."""
+    path = Path(out_dir) / LOCKS_DIR / f"{run_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for attempt in range(attempts):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == attempts - 1:
+                    yield False
+                    return
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()} {os.getpid()} {_now()}\n".encode())
+        try:
+            yield True
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def lock_holder(out_dir: str | Path, run_id: str) -> str:
+    """"host pid started-at" of the process running ``run_id``, as it wrote in the lock file."""
+    path = Path(out_dir) / LOCKS_DIR / f"{run_id}.lock"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
+def is_locked(out_dir: str | Path, run_id: str) -> bool:
+    """True when a live process holds the run's lock (probes it without waiting)."""
+    path = Path(out_dir) / LOCKS_DIR / f"{run_id}.lock"
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the probe's own lock
+    return False
+
+
+def run_status(out_dir: str | Path, run_id: str, probe_lock: bool = True) -> str:
+    """``done`` (result.json), ``running`` (locked by a live process; only with ``probe_lock``),
+    ``failed`` (error.json), ``unfinished`` (interrupted: a directory without either) or ``new``."""
+    run_dir = Path(out_dir) / run_id
+    if (run_dir / "result.json").is_file():
+        return "done"
+    if probe_lock and is_locked(out_dir, run_id):
+        return "running"
+    if (run_dir / "error.json").is_file():
+        return "failed"
+    return "unfinished" if run_dir.exists() else "new"
 
 
 def _now() -> str:
@@ -77,7 +156,7 @@ def execute(cfg: RunConfig, registry, out_dir: str | Path, force: bool = False, 
     try:
         with metrics:
             outcome = train(cfg, parts, on_evaluation=on_evaluation, progress=progress)
-    except BaseException as exc:
+    except Exception as exc:  # an interrupt (KeyboardInterrupt) leaves the run unfinished, not failed
         atomic_write_json(run_dir / "error.json", {"error": f"{type(exc).__name__}: {exc}",
                                                    "traceback": traceback.format_exc(), "at": _now()})
         raise

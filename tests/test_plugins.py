@@ -21,7 +21,8 @@ from testbed.errors import UserError
 from testbed.plugins import PluginWarning, load_plugins
 from testbed.runs import execute
 
-BUILTIN_PLUGINS = {"augmentations", "backbones", "datasets", "distances", "presets", "schedules", "selectors", "teachers"}
+BUILTIN_PLUGINS = {"augmentations", "backbones", "datasets", "distances", "presets", "schedules", "selectors", "teachers",
+                   "executors", "trackers"}
 
 EXPECTED_BUILTINS = {
     "distance": {"l1", "l2", "kl", "ce"},

@@ -1,0 +1,142 @@
+"""Results of many runs as one table: ``load_results(DIR)`` -> a pandas DataFrame with one row
+per run directory in DIR, the config keys that vary across those runs (flattened, dotted), the
+result metrics and the status (done, failed, running, unfinished).
+
+    >>> from testbed.results import load_results
+    >>> frame = load_results("runs")
+    >>> frame[frame.status == "done"].groupby(["distance.name", "selector.name"]).test_accuracy.mean()
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from testbed.errors import UserError
+
+METRICS = ["test_accuracy", "test_accuracy_best_val", "test_macro_f1", "test_macro_f1_best_val", "val_accuracy_best",
+           "best_val_step", "mask_rate", "pseudo_label_accuracy", "steps", "wall_seconds", "train_seconds"]
+RUN_ID = re.compile(r"[0-9a-f]{12}")
+SEED = "seed"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def scan_runs(out_dir: str | Path) -> list[dict]:
+    """Every run directory in ``out_dir`` (named by a run id, or holding a config.json) as
+    ``{run_id, status, config, result, error}``."""
+    from testbed.runs import run_status
+
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise UserError(f"Runs directory {str(out)!r} not found. Pass the --out directory of `testbed run` or `testbed grid`.")
+    runs = []
+    for run_dir in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        config = _read_json(run_dir / "config.json")
+        if config is None and not RUN_ID.fullmatch(run_dir.name):
+            continue  # not a run directory (mlruns/, a tracker's or the user's own)
+        error = _read_json(run_dir / "error.json") or {}
+        runs.append({"run_id": run_dir.name, "status": run_status(out, run_dir.name), "config": config or {},
+                     "result": _read_json(run_dir / "result.json") or {}, "error": error.get("error")})
+    return runs
+
+
+def load_results(out_dir: str | Path, all_columns: bool = False):
+    """One row per run: ``run_id``, ``status``, every config key whose value differs between the
+    runs where it is set (all keys with ``all_columns``; train.threads only then, it is not part
+    of a run's identity), sorted by those keys with the seed last,
+    the metrics of result.json (NaN until done) and ``error`` for failed runs."""
+    import pandas as pd
+
+    from testbed.config import NOT_IN_RUN_ID
+
+    runs = scan_runs(out_dir)
+    configs = [flatten(r["config"]) for r in runs]
+    keys: list[str] = []
+    for config in configs:
+        keys.extend(k for k in config if k not in keys)
+    hidden = {".".join(pair) for pair in NOT_IN_RUN_ID}
+    if not all_columns:  # a key varies when its values differ where it is set (a strategy's options are set only with it)
+        keys = [k for k in keys if k not in hidden and len({_hashable(c[k]) for c in configs if k in c}) > 1]
+    if SEED in keys:
+        keys = [k for k in keys if k != SEED] + [SEED]
+    rows = []
+    for run, config in zip(runs, configs):
+        row = {"run_id": run["run_id"], "status": run["status"]}
+        row.update({k: config.get(k) for k in keys})
+        row.update({m: run["result"].get(m) for m in METRICS})
+        row["error"] = run["error"]
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=["run_id", "status", *keys, *METRICS, "error"])
+    for metric in METRICS:
+        frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
+    if keys and len(frame):
+        frame = frame.sort_values(by=keys, key=_sort_key, kind="stable").reset_index(drop=True)
+    return frame
+
+
+def _hashable(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _sort_key(column):
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(column):
+        return column
+    return column.map(_hashable)
+
+
+def _storable(frame):
+    """Lists and mixed types as JSON text, so that CSV and parquet keep every column."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if frame[column].dtype == object:
+            kinds = {type(v) for v in frame[column] if v is not None}
+            if len(kinds) > 1 or kinds & {list, dict, tuple}:
+                frame[column] = frame[column].map(lambda v: None if v is None else (v if isinstance(v, str) else _hashable(v)))
+    return frame
+
+
+def write_results(frame, fmt: str = "table", output: str | Path | None = None) -> str | None:
+    """Render ``frame`` as ``table`` | ``csv`` | ``json`` | ``parquet``; returns the text when
+    ``output`` is None (parquet needs a file), else writes the file and returns None."""
+    if fmt == "parquet":
+        if output is None:
+            raise UserError("--format parquet writes a binary file: add --output FILE.parquet.")
+        _storable(frame).to_parquet(output, index=False)
+        return None
+    if fmt == "csv":
+        text = _storable(frame).to_csv(index=False)
+    elif fmt == "json":
+        text = _storable(frame).to_json(orient="records", indent=2)
+    elif fmt == "table":
+        if frame.empty:
+            text = "(no runs)"
+        else:
+            shown = frame.dropna(axis=1, how="all")
+            text = shown.to_string(index=False, na_rep="-", float_format=lambda x: f"{x:.4f}")
+    else:
+        raise UserError(f"Unknown format {fmt!r}: table, csv, json or parquet.")
+    if output is None:
+        return text.rstrip("\n")
+    Path(output).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    return None

@@ -1,0 +1,103 @@
+"""Trackers (MLflow, TensorBoard) are plugins on the run events, off unless TESTBED_TRACKERS
+names them; a tracked run is readable with each tool's own reader."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import FAST
+from testbed.cli import main
+from testbed.config import parse_overrides, resolve
+from testbed.runs import execute
+
+# evaluations at steps 2 and 4
+TRACKED = [*FAST, "method=fixmatch", "train.steps=4", "train.eval_every=2", "selector.threshold=0.3"]
+
+
+def run(registry, out):
+    cfg = resolve(parse_overrides(TRACKED), registry)
+    run_dir, result, ran = execute(cfg, registry, out, progress=False)
+    assert ran
+    return cfg, run_dir, result
+
+
+def test_trackers_are_off_by_default(registry, tmp_path, monkeypatch):
+    monkeypatch.delenv("TESTBED_TRACKERS", raising=False)
+    _, run_dir, _ = run(registry, tmp_path / "runs")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "metrics.jsonl", "result.json"]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [run_dir.name]  # no mlruns/
+
+
+def test_mlflow_logs_params_and_metrics_per_step(registry, tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("TESTBED_TRACKERS", "mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("TESTBED_MLFLOW_URI", raising=False)
+    out = tmp_path / "runs"
+    cfg, run_dir, result = run(registry, out)
+    store = (out / "mlruns").as_uri()
+    mlflow.set_tracking_uri(store)
+    runs = mlflow.search_runs(experiment_names=["testbed"], output_format="list")
+    assert len(runs) == 1
+    logged = runs[0]
+    assert logged.info.run_name == cfg.run_id and logged.info.status == "FINISHED"
+    assert logged.data.tags["testbed.run_id"] == cfg.run_id
+    params = logged.data.params
+    assert params["method"] == "fixmatch" and params["selector.name"] == "threshold"
+    assert params["selector.threshold"] == "0.3" and params["backbone.name"] == "tiny"
+    client = mlflow.tracking.MlflowClient(store)
+    history = client.get_metric_history(logged.info.run_id, "test_accuracy")
+    assert [m.step for m in history] == [2, 4]
+    assert history[-1].value == pytest.approx(result["test_accuracy"])
+    assert "selector/threshold" in logged.data.metrics and "mask_rate" in logged.data.metrics
+    assert logged.data.metrics["final.test_accuracy_best_val"] == pytest.approx(result["test_accuracy_best_val"])
+    frame = mlflow.search_runs(experiment_names=["testbed"])  # the pandas view
+    assert frame.loc[0, "params.distance.name"] == "ce" and frame.loc[0, "metrics.test_accuracy"] == pytest.approx(result["test_accuracy"])
+
+
+def test_tensorboard_writes_scalars_per_step(registry, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("TESTBED_TRACKERS", "tensorboard")
+    _, run_dir, result = run(registry, tmp_path / "runs")
+    logdir = run_dir / "tensorboard"
+    assert list(logdir.glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"test_accuracy", "val_accuracy", "mask_rate", "selector/threshold", "final/test_accuracy"} <= set(scalars)
+    assert [(e.step, round(e.value, 5)) for e in events.Scalars("test_accuracy")][-1] == (4, round(result["test_accuracy"], 5))
+    assert [e.step for e in events.Scalars("val_accuracy")] == [2, 4]
+    assert "config/text_summary" in events.Tags()["tensors"]
+
+
+def test_grid_workers_log_to_one_mlflow_store_and_tensorboard(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("tensorboard")
+    monkeypatch.delenv("TESTBED_TRACKERS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "runs"
+    base = [a for a in FAST if not a.startswith(("train.steps", "train.eval_every"))]
+    result = CliRunner().invoke(main, ["grid", "method=fixmatch", *base, "train.steps=2", "train.eval_every=2",
+                                       "distance.name=l1,kl", "--workers", "2", "--trackers", "mlflow,tensorboard",
+                                       "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    mlflow.set_tracking_uri((out / "mlruns").as_uri())
+    runs = mlflow.search_runs(experiment_names=["testbed"])
+    assert len(runs) == 2 and set(runs["params.distance.name"]) == {"l1", "kl"}
+    assert set(runs["tags.mlflow.runName"]) == {p.parent.name for p in out.glob("*/result.json")}
+    assert len(list(out.glob("*/tensorboard/events.out.tfevents.*"))) == 2
+    assert "TESTBED_TRACKERS" not in __import__("os").environ  # --trackers reaches the workers, not this process
+
+
+def test_an_unknown_tracker_name_warns(registry, tmp_path, monkeypatch):
+    monkeypatch.setenv("TESTBED_TRACKERS", "mlfow")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, run_dir, _ = run(registry, tmp_path / "runs")
+    assert any("'mlfow', which is not a built-in tracker" in str(w.message) for w in caught)
+    assert not (tmp_path / "runs" / "mlruns").exists()
