@@ -47,7 +47,7 @@ def plain_steps(cfg) -> float:
         idx = labeled.next()
         loss = F.cross_entropy(model(**tokenize(tok, [split.labeled.texts[i] for i in idx], 64)).logits, labels[idx])
         texts = [split.pool_texts[i] for i in unlabeled.next()]
-        strong = parts.strong(texts, view_seeds.integers(2**63, size=len(texts)))
+        strong = parts.views.strong.augment(texts, view_seeds.integers(2**63, size=len(texts)))
         with torch.no_grad():
             probs = model(**tokenize(tok, texts, 64)).logits.softmax(-1)
         confidence, target = probs.max(-1)

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from testbed import Augmentation, hookimpl
-from testbed.hookspecs import AugmentationSpec
+from testbed import Augmentation, AugmentationSpec, hookimpl
 from testbed_plugins._text import Augmenter, check_probability, derive_seeds, uniforms
 
 

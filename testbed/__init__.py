@@ -6,6 +6,8 @@ The public API for plugins is what this module exports; see ``testbed.hookspecs`
 from testbed.errors import UserError
 from testbed.hookspecs import (
     Augmentation,
+    AugmentationContext,
+    AugmentationSpec,
     Backbone,
     BaseExecutor,
     BaseSelector,
@@ -30,7 +32,7 @@ from testbed.hookspecs import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Augmentation", "Backbone", "BaseExecutor", "BaseSelector", "BaseTeacher", "Dataset", "DatasetSplits", "Distance",
+    "Augmentation", "AugmentationContext", "AugmentationSpec", "Backbone", "BaseExecutor", "BaseSelector", "BaseTeacher", "Dataset", "DatasetSplits", "Distance",
     "Executor", "ExecutorContext",
     "NoOptions", "Preset", "RunContext", "Schedule", "Selection", "Selector", "Teacher", "TextBatch", "Texts",
     "UserError", "hookimpl", "__version__",

@@ -165,7 +165,9 @@ class Augmentation(Record):
     One seed per text: the view of a text depends only on the text, its seed and the options.
     Optional attributes of ``augment``: ``unchanged`` (count of texts returned as they were:
     empty, too short, nothing to change), ``fingerprint`` (a string that changes when data the
-    options only name changes, e.g. a model directory; it joins the view-cache key).
+    options only name changes, e.g. a model directory; it joins the view-cache key), and a
+    method ``fit(texts)``, called with the run's unlabeled pool before any view is made (e.g.
+    tf-idf word statistics; read ``fingerprint`` after it).
 
     ``composite=True``: the factory is called as factory(options, context: AugmentationContext)
     and its options may hold other augmentations as ``AugmentationSpec`` fields, which the config

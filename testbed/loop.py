@@ -31,8 +31,6 @@ class Parts:
     split: Split
     student: Any
     tokenizer: Any
-    weak: Callable[[list[str], np.ndarray], list[str]]
-    strong: Callable[[list[str], np.ndarray], list[str]]
     teacher: BaseTeacher
     selector: BaseSelector
     distance: Callable
@@ -67,7 +65,7 @@ def prepare(cfg: RunConfig, registry=None) -> Parts:
                      tokenize=lambda texts: tokenize(tokenizer, texts, cfg.backbone.max_length))
     views = open_views(cfg, split.pool_texts, registry)
     return Parts(
-        split=split, student=student, tokenizer=tokenizer, weak=views.weak.augment, strong=views.strong.augment, views=views,
+        split=split, student=student, tokenizer=tokenizer, views=views,
         teacher=choice["teacher"].record.factory(choice["teacher"].options, ctx, student),
         selector=choice["selector"].record.factory(choice["selector"].options, ctx),
         distance=choice["distance"].record.factory(choice["distance"].options),

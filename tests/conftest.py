@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never touch the network: the tiny backbone's tokenizer is local
+if "TESTBED_CACHE" not in os.environ:  # views and fitted models of test runs stay out of ~/.cache
+    os.environ["TESTBED_CACHE"] = tempfile.mkdtemp(prefix="testbed-tests-cache-")
+    atexit.register(shutil.rmtree, os.environ["TESTBED_CACHE"], ignore_errors=True)
 
 from testbed.config import parse_overrides, resolve  # noqa: E402
 from testbed.data import data_dir  # noqa: E402

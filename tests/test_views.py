@@ -306,3 +306,18 @@ def test_summarize_augmentation(registry, data_root):
     assert swapped["length_ratio"] == 1.0 and swapped["tokens_changed"] > 0.05 and swapped["unchanged"] < 0.05
     table = views.summarize_augmentations(["identity", "word_swap"], texts[:10], registry=registry)
     assert list(table["augmentation"]) == ["identity", "word_swap"]
+
+
+def test_augmentations_with_fit_are_fitted_on_the_run_pool():
+    """tf-idf learns its word statistics from the run's unlabeled pool: the same pool shares
+    cached views, another pool does not, and no fitting on a first batch happens."""
+    pool_a = [f"the market rallied on {w} news today" for w in ("oil", "tech", "bank", "trade")] * 5
+    pool_b = [f"the team won the {w} final again" for w in ("cup", "league", "open", "derby")] * 5
+    augment_a, _, fingerprint_a = views.build({"name": "tfidf"}, pool=pool_a)
+    _, _, fingerprint_again = views.build({"name": "tfidf"}, pool=list(pool_a))
+    _, _, fingerprint_b = views.build({"name": "tfidf"}, pool=pool_b)
+    assert fingerprint_a == fingerprint_again != fingerprint_b
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "fitting the tf-idf model on the ... first batch" would raise
+        augmented = augment_a(pool_a[:4], np.arange(4))
+    assert len(augmented) == 4 and augmented != pool_a[:4]
