@@ -468,3 +468,22 @@ def test_fixmatch_with_each_strong_view(strong, registry, tmp_path, data_root):
         assert record["views_unchanged/weak"] is None  # identity
         assert 0.0 <= record["views_unchanged/strong"] < 0.5
     assert result["mask_rate"] == 1.0  # threshold 0: every strong view was trained on
+
+
+def test_fixmatch_runs_with_every_registered_augmentation_as_its_strong_view(registry, tmp_path, tiny_mlm,
+                                                                              tiny_causal_lm, precomputed_file):
+    """The issue's promise: any augmentation, built-in or nlpaug-backed, is one config key away."""
+    needs = {"mlm_substitute": [f"augmentation.strong.model={tiny_mlm}"],
+             "paraphrase": [f"augmentation.strong.model={tiny_causal_lm}", "augmentation.strong.max_new_tokens=8"],
+             "precomputed": [f"augmentation.strong.path={precomputed_file}"],
+             "sequence": ['augmentation.strong.steps=["word_swap", "ocr"]'],
+             "one_of": ['augmentation.strong.choices=["word_delete", "keyboard"]'],
+             "tfidf": []}
+    names = registry.names("augmentation")
+    assert len(names) >= 25
+    for name in names:
+        cfg = resolve(parse_overrides([*FAST, "method=fixmatch", "selector.threshold=0.0", "train.steps=2",
+                                       "train.eval_every=2", f"augmentation.strong={name}", *needs.get(name, [])]), registry)
+        run_dir, result, ran = execute(cfg, registry, tmp_path / "runs", progress=False)
+        assert ran and result["steps"] == 2, name
+        assert cfg.resolved["augmentation"]["strong"]["name"] == name
