@@ -26,7 +26,7 @@ OVERRIDES = ["method=fixmatch", "backbone.name=tiny", "dataset.name=trec", "data
              "train.unlabeled_ratio=2", "selector.threshold=0.0", "train.threads=1", "backbone.max_length=64"]
 
 
-def testbed_steps(cfg) -> float:
+def run_testbed_steps(cfg) -> float:
     parts = prepare(cfg)
     return train(cfg, parts, progress=False)["train_seconds"]
 
@@ -65,8 +65,8 @@ def test_loop_overhead_ratio(benchmark):
     best = {"testbed": float("inf"), "plain": float("inf")}
     for _ in range(3):  # interleaved, best of three: the machine's noise hits both alike
         best["plain"] = min(best["plain"], plain_steps(cfg))
-        best["testbed"] = min(best["testbed"], testbed_steps(cfg))
-    benchmark.pedantic(testbed_steps, args=(cfg,), rounds=1, iterations=1)
+        best["testbed"] = min(best["testbed"], run_testbed_steps(cfg))
+    benchmark.pedantic(run_testbed_steps, args=(cfg,), rounds=1, iterations=1)
     ratio = best["testbed"] / best["plain"]
     benchmark.extra_info.update(testbed_seconds=best["testbed"], plain_seconds=best["plain"], ratio=ratio)
     print(f"\nloop overhead: testbed {best['testbed']:.2f} s / plain torch {best['plain']:.2f} s = {ratio:.3f}")
