@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 
 from testbed import UserError, hookimpl
+from testbed.results import flatten
 
 ENV = "TESTBED_TRACKERS"
 BUILTIN = ("mlflow", "tensorboard")
@@ -43,16 +44,6 @@ def enabled() -> set[str]:
             warnings.warn(f"{ENV} names {name!r}, which is not a built-in tracker ({', '.join(BUILTIN)}); "
                           "the built-in trackers ignore it", stacklevel=2)
     return names & set(BUILTIN)
-
-
-def flatten(nested: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in nested.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def numeric(record: dict) -> dict[str, float]:
