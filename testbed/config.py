@@ -194,7 +194,7 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _get(nested: dict, path: str) -> Any:
+def get_dotted(nested: dict, path: str) -> Any:
     node: Any = nested
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -203,14 +203,14 @@ def _get(nested: dict, path: str) -> Any:
     return node
 
 
-def _normalize_choices(layer: dict) -> dict:
+def normalize_choices(layer: dict) -> dict:
     """Allow ``selector = "none"`` as shorthand for ``selector = {name = "none"}``."""
     layer = copy.deepcopy(layer)
     for path in CHOICES:
-        value = _get(layer, path)
+        value = get_dotted(layer, path)
         if isinstance(value, str):
             parent, _, leaf = path.rpartition(".")
-            (_get(layer, parent) if parent else layer)[leaf] = {"name": value}
+            (get_dotted(layer, parent) if parent else layer)[leaf] = {"name": value}
     return layer
 
 
@@ -220,13 +220,13 @@ def _normalize_choices(layer: dict) -> dict:
 def resolve(user: dict, registry) -> RunConfig:
     """Merge defaults, the preset named by ``method`` and the user's settings, then check
     and type every key against the core sections and the chosen plugins' options."""
-    user = _normalize_choices(user)
+    user = normalize_choices(user)
     method = user.get("method", DEFAULTS["method"])
     if not isinstance(method, str):
         raise UserError(f"Config key 'method' must be a preset name, got {method!r}.")
-    preset = _normalize_choices(dict(registry.get("preset", method).settings))
-    layers = [_normalize_choices(DEFAULTS), preset, user]
-    _drop_options_of_replaced_strategies(layers)
+    preset = normalize_choices(dict(registry.get("preset", method).settings))
+    layers = [normalize_choices(DEFAULTS), preset, user]
+    drop_replaced_options(layers)
     merged = merge(merge(layers[0], preset), user)
     _reject_unknown_sections(merged)
     _route_shorthands(merged, registry)
@@ -242,7 +242,7 @@ def resolve(user: dict, registry) -> RunConfig:
         opts_record = None
         if section in CHOICES:
             opts_record = registry.get(CHOICES[section], values.get("name", cls.name))
-        core[section], options = _build_section(section, cls, values, opts_record)
+        core[section], options = build_section(section, cls, values, opts_record)
         resolved[section] = dataclasses.asdict(core[section])
         if opts_record is not None:
             resolved[section].update(dataclasses.asdict(options))
@@ -250,12 +250,12 @@ def resolve(user: dict, registry) -> RunConfig:
     for path, kind in CHOICES.items():
         if path in CORE_SECTIONS:
             continue
-        values = dict(_get(merged, path) or {})
+        values = dict(get_dotted(merged, path) or {})
         name = values.get("name")
         if not isinstance(name, str):
             raise UserError(f"Config key '{path}.name' must name a {kind}, got {name!r}. {did_you_mean('', registry.names(kind), kind + 's')}")
         record = registry.get(kind, name)
-        _, options = _build_section(path, None, values, record)
+        _, options = build_section(path, None, values, record)
         options = _resolve_nested_specs(options, registry, path)
         choices[path] = Choice(name, record, options)
         parent, _, leaf = path.rpartition(".")
@@ -277,7 +277,7 @@ def resolve_augmentation(spec: Any, registry, where: str) -> tuple[Record, Any, 
         record = registry.get("augmentation", spec["name"])
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
-    _, options = _build_section(where, None, spec, record)
+    _, options = build_section(where, None, spec, record)
     options = _resolve_nested_specs(options, registry, where)
     return record, options, {"name": record.name, **dataclasses.asdict(options)}
 
@@ -298,18 +298,19 @@ def _resolve_nested_specs(options: Any, registry, where: str) -> Any:
     return dataclasses.replace(options, **changes) if changes else options
 
 
-def _drop_options_of_replaced_strategies(layers: list[dict]) -> None:
+def drop_replaced_options(layers: list[dict]) -> None:
     """Options set for a strategy apply only while it stays chosen: when a later layer (preset
-    over defaults, user over preset) names another strategy for a seam, earlier options go."""
+    over defaults, user over preset, grid cell over grid base) names another strategy for a
+    seam, earlier options for it go. Options given before any name apply to whichever is picked."""
     for path in CHOICES:
         name, specs = None, []
         for layer in layers:
-            spec = _get(layer, path)
+            spec = get_dotted(layer, path)
             if isinstance(spec, dict):
                 name = spec.get("name", name)
                 specs.append((spec, name))
         for spec, chosen in specs:
-            if chosen != name:
+            if chosen is not None and chosen != name:
                 spec.clear()
 
 
@@ -325,7 +326,7 @@ def _reject_unknown_sections(merged: dict) -> None:
         if key not in ("weak", "strong"):
             raise UserError(f"Unknown config key 'augmentation.{key}'. {did_you_mean(key, ['weak', 'strong'], 'keys of augmentation')}")
     for path in CHOICES:
-        value = _get(merged, path)
+        value = get_dotted(merged, path)
         if value is not None and not isinstance(value, dict):
             raise UserError(f"Config key {path!r} must be a name or a table with 'name', got {value!r}.")
 
@@ -350,7 +351,7 @@ def _route_shorthands(merged: dict, registry) -> None:
         backbone.update(name=HF_BACKBONE, model=name)
 
 
-def _build_section(section: str, core_cls: type | None, values: dict, record: Record | None):
+def build_section(section: str, core_cls: type | None, values: dict, record: Record | None):
     """Split ``values`` into the core dataclass and the plugin's options; check names and types."""
     core_fields = {f.name: f for f in dataclasses.fields(core_cls)} if core_cls else {"name": None}
     opt_fields = {f.name: f for f in dataclasses.fields(record.options)} if record else {}

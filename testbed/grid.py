@@ -310,16 +310,13 @@ def cell_config(base: dict, values: dict) -> dict:
     """Base + the cell's values. As between a preset and `testbed run`'s settings, a value that
     picks another strategy for a seam drops the options of the strategy the base named there;
     options the base gives for a seam without naming a strategy apply to whichever is picked."""
-    from testbed.config import CHOICES, _get, _normalize_choices, merge, set_dotted
+    from testbed.config import drop_replaced_options, merge, normalize_choices, set_dotted
 
     layer: dict = {}
     for key, value in values.items():
         set_dotted(layer, key, copy.deepcopy(value))
-    base, layer = _normalize_choices(base), _normalize_choices(layer)
-    for path in CHOICES:
-        mine, theirs = _get(base, path), _get(layer, path)
-        if isinstance(mine, dict) and isinstance(theirs, dict) and "name" in mine and theirs.get("name", mine["name"]) != mine["name"]:
-            mine.clear()
+    base, layer = normalize_choices(base), normalize_choices(layer)
+    drop_replaced_options([base, layer])
     return merge(base, layer)
 
 
@@ -498,7 +495,7 @@ def run_grid(cells: list[Cell], registry, out_dir: str | Path, *, executor: str 
              echo: Callable[[str], None] | None = None, env: dict[str, str] | None = None) -> GridReport:
     """Run every cell that is not finished yet through the executor plugin ``executor``.
     Workers get this process's TESTBED_*, MLFLOW_* and HF_* environment variables, and ``env``."""
-    from testbed.config import _build_section
+    from testbed.config import build_section
     from testbed.hookspecs import ExecutorContext
     from testbed.runs import run_status
     from tqdm.auto import tqdm
@@ -507,7 +504,7 @@ def run_grid(cells: list[Cell], registry, out_dir: str | Path, *, executor: str 
     out = Path(out_dir).resolve()
     report = GridReport(cells=len(cells))
     record = registry.get("executor", executor)
-    _, options = _build_section("executor", None, dict(executor_options or {}), record)
+    _, options = build_section("executor", None, dict(executor_options or {}), record)
 
     todo = []
     for cell in cells:
