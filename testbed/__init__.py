@@ -19,6 +19,9 @@ from testbed.hookspecs import (
     ExecutorContext,
     NoOptions,
     Preset,
+    ReportContext,
+    ReportFigure,
+    ReportSection,
     RunContext,
     Schedule,
     Selection,
@@ -34,6 +37,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Augmentation", "AugmentationContext", "AugmentationSpec", "Backbone", "BaseExecutor", "BaseSelector", "BaseTeacher", "Dataset", "DatasetSplits", "Distance",
     "Executor", "ExecutorContext",
-    "NoOptions", "Preset", "RunContext", "Schedule", "Selection", "Selector", "Teacher", "TextBatch", "Texts",
+    "NoOptions", "Preset", "ReportContext", "ReportFigure", "ReportSection", "RunContext", "Schedule", "Selection", "Selector", "Teacher", "TextBatch", "Texts",
     "UserError", "hookimpl", "__version__",
 ]

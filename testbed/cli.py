@@ -1,4 +1,4 @@
-"""The command line: ``testbed run | plugins | presets | datasets``."""
+"""The command line: ``testbed run | grid | results | report | plugins | presets | datasets | cache``."""
 
 from __future__ import annotations
 
@@ -238,6 +238,30 @@ def results(out_dir, fmt, output, all_columns):
         click.echo(text)
     elif output:
         click.echo(f"{len(frame)} runs written to {output}", err=True)
+
+
+@main.command()
+@click.argument("runs_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--output", "-o", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="The report directory: index.md, index.html, PNG plots, summary.csv.")
+@click.option("--baseline", default="supervised", show_default=True, help="Method (or cell) the paired comparisons are against.")
+@click.option("--group-by", "group_by", multiple=True, metavar="KEY",
+              help="Config keys that name a cell (repeatable); default: the keys that vary across the runs.")
+@click.option("--title", default=None, help="The report's title.")
+@click.pass_context
+def report(ctx, runs_dirs, out_dir, baseline, group_by, title):
+    """Render a comparison report of the runs in RUNS_DIR...: leaderboard with CIs, paired tests
+    against a baseline, ranks, ablation effects, dynamics, calibration, cost, provenance.
+
+    \b
+    Example:
+      testbed report runs/ablation -o reports/ablation --baseline supervised
+    """
+    from testbed.report import render_report
+
+    path = render_report(runs_dirs, out_dir, baseline=baseline, group_by=group_by, registry=registry(ctx), title=title,
+                         echo=click.echo)
+    click.echo(f"  open {path}  (Markdown: {path.with_name('index.md')})")
 
 
 @main.group(invoke_without_command=True)

@@ -294,6 +294,38 @@ class Preset(Record):
     settings: Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class ReportFigure:
+    """A matplotlib figure of a report section, saved as ``<name>.png`` beside index.html."""
+
+    name: str  # file stem: letters, digits, - and _ ; unique within the report
+    figure: Any  # matplotlib.figure.Figure (the report closes it)
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """One section of ``testbed report``: a title and blocks in order, each a Markdown string,
+    a pandas DataFrame (rendered as a table) or a ReportFigure. ``order`` places it among the
+    built-in sections (leaderboard 10, comparisons 20, ... provenance 100)."""
+
+    name: str
+    title: str
+    blocks: tuple = ()
+    order: int = 90
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What a report-section hook gets beside the results table."""
+
+    runs_dirs: tuple[Path, ...]
+    out_dir: Path  # the report directory
+    baseline: str  # the baseline method or cell label of the paired comparisons
+    cell_keys: tuple[str, ...]  # config keys that name a cell (the "method"), seed excluded
+    metrics: Callable[[str], list[dict]]  # run_id -> its metrics.jsonl records
+
+
 # --------------------------------------------------------------------------- collection hooks
 
 
@@ -367,6 +399,13 @@ def testbed_evaluation(run_dir: Path, record: dict) -> None:
 @hookspec
 def testbed_run_finished(run_dir: Path, result: dict) -> None:
     """A run finished and result.json is written. Example: a tracker closes its run."""
+
+
+@hookspec
+def testbed_report_sections(results: Any, context: ReportContext) -> Iterable[ReportSection]:
+    """Extra sections for ``testbed report``; ``results`` is the runs table (a pandas DataFrame, one
+    row per run, ``testbed.results.load_results`` columns plus ``cell``, ``group``, ``runs_dir``).
+    Example: ``return [ReportSection(name="mine", title="Mean mask rate", blocks=(results.groupby("cell").mask_rate.mean().to_frame(),))]``"""
 
 
 # kind -> (collection hook name, record class); the order is the display order.

@@ -101,6 +101,7 @@ class PseudoLabelTally:
         self.known = self.correct = 0
         self.weight_sum = self.confidence_sum = self.sup_loss = self.unsup_loss = self.tsa_kept = 0.0
         self.steps = self.unsup_steps = 0
+        self.per_class = None  # [3, C]: selected pseudo-labels = c, of those gold c, gold c seen (known gold only)
 
     def add_unlabeled(self, weights, targets, teacher_probs, gold: np.ndarray, unsup_loss: float):
         chosen = (weights > 0).numpy()
@@ -117,6 +118,9 @@ class PseudoLabelTally:
         self.correct += int((known & teacher_hit).sum())
         self.unsup_loss += unsup_loss
         self.unsup_steps += 1
+        c, pseudo = targets.shape[-1], targets.argmax(-1).numpy()
+        counts = np.stack([np.bincount(v, minlength=c) for v in (pseudo[chosen & known], pseudo[chosen & known & hit], gold[known])])
+        self.per_class = counts + (0 if self.per_class is None else self.per_class)
 
     def summary(self) -> dict[str, float | None]:
         ratio = lambda a, b: a / b if b else None  # noqa: E731
@@ -133,13 +137,16 @@ class PseudoLabelTally:
         }
 
 
-def evaluate(parts: Parts, cfg: RunConfig) -> dict[str, float | None]:
+def evaluate(parts: Parts, cfg: RunConfig, probs_out: dict | None = None) -> dict[str, float | None]:
+    """Accuracy and macro-F1 on validation and test; ``probs_out[prefix]`` gets the probabilities."""
     out: dict[str, float | None] = {}
     for prefix, texts in (("val", parts.split.validation), ("test", parts.split.test)):
         if len(texts) == 0:
             out[f"{prefix}_accuracy"] = out[f"{prefix}_macro_f1"] = None
             continue
         probs = predict(parts.student, parts.tokenizer, texts.texts, cfg.backbone.max_length, cfg.train.eval_batch_size)
+        if probs_out is not None:
+            probs_out[prefix] = probs
         out[f"{prefix}_accuracy"], out[f"{prefix}_macro_f1"] = accuracy_and_macro_f1(probs, texts.labels, parts.split.num_classes)
     return out
 
@@ -161,8 +168,9 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
     torch.manual_seed(cfg.seed)
     student.train()
     tally, whole_run, best, record = PseudoLabelTally(), PseudoLabelTally(), None, {}
+    last_probs, best_probs = {}, {}  # test probabilities of the last and the best-on-validation evaluation
     started = time.perf_counter()
-    eval_seconds = 0.0
+    eval_seconds = augment_seconds = 0.0
     bar = tqdm(range(1, t.steps + 1), desc=f"{cfg.method} seed={cfg.seed}", disable=not progress, leave=False)
     for step in bar:
         idx = labeled.next()
@@ -177,7 +185,9 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
         weight = parts.schedule(step)
         if unlabeled is not None and weight > 0:
             uidx = unlabeled.next()
+            drawing = time.perf_counter()
             weak, strong = parts.views.draw(uidx)  # variant (draws of the text) mod K, from the cache or computed
+            augment_seconds += time.perf_counter() - drawing
             weak_batch = TextBatch(weak, tokens)
             if passes == 1:
                 probs = parts.teacher.probs(weak_batch)
@@ -199,19 +209,20 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
 
         if step % t.eval_every == 0 or step == t.steps:
             eval_started = time.perf_counter()
-            record = {"step": step, **evaluate(parts, cfg), **tally.summary(), "consistency_weight": weight, "tsa_threshold": eta,
+            last_probs = {}
+            record = {"step": step, **evaluate(parts, cfg, last_probs), **tally.summary(), "consistency_weight": weight, "tsa_threshold": eta,
                       "lr": warmup.get_last_lr()[0], **parts.views.stats(),
                       **{f"selector/{k}": v for k, v in parts.selector.stats().items()}}
             eval_seconds += time.perf_counter() - eval_started
             record["elapsed_seconds"] = time.perf_counter() - started
             if record["val_accuracy"] is not None and (best is None or record["val_accuracy"] > best["val_accuracy"]):
-                best = record
+                best, best_probs = record, last_probs
             on_evaluation(record)
             bar.set_postfix(test_acc=f"{record['test_accuracy']:.3f}", mask=record["mask_rate"])
             tally = PseudoLabelTally()
 
     wall = time.perf_counter() - started
-    best = best or record
+    best, best_probs = (best, best_probs) if best else (record, last_probs)
     return {
         "test_accuracy": record["test_accuracy"], "test_macro_f1": record["test_macro_f1"],
         "test_accuracy_best_val": best["test_accuracy"], "test_macro_f1_best_val": best["test_macro_f1"],
@@ -220,4 +231,9 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
         "steps": t.steps, "wall_seconds": wall, "train_seconds": wall - eval_seconds, "eval_seconds": eval_seconds,
         "labeled_size": len(split.labeled), "validation_size": len(split.validation),
         "unlabeled_size": len(split.pool_texts), "test_size": len(split.test),
+        "augment_seconds": augment_seconds, "pseudo_label_per_class": None if whole_run.per_class is None else
+        dict(zip(("selected", "correct", "gold"), whole_run.per_class.tolist())),  # per class c, over the whole run
+        # arrays for predictions.npz (runs.execute pops them): calibration and per-class metrics in reports
+        "predictions": {"test_probs_last": last_probs.get("test"), "test_probs_best_val": best_probs.get("test"),
+                        "test_labels": np.asarray(split.test.labels)},
     }

@@ -1,4 +1,5 @@
-"""Run directories: ``OUT/<run_id>/`` with config.json, metrics.jsonl and result.json.
+"""Run directories: ``OUT/<run_id>/`` with config.json, metrics.jsonl, predictions.npz (test-set
+probabilities of the last and best-on-validation checkpoints, test labels) and result.json.
 
 A run is finished exactly when result.json exists; it is written atomically last, so an
 interrupted run is never mistaken for a finished one, and a finished run is never redone
@@ -47,6 +48,22 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_write_npz(path: Path, arrays: dict) -> None:
+    """``numpy.savez_compressed`` to a temporary file beside ``path``, renamed into place; None values are left out."""
+    import numpy as np
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez_compressed(handle, **{k: v for k, v in arrays.items() if v is not None})
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_result(run_dir: Path) -> dict | None:
@@ -160,6 +177,7 @@ def execute(cfg: RunConfig, registry, out_dir: str | Path, force: bool = False, 
         atomic_write_json(run_dir / "error.json", {"error": f"{type(exc).__name__}: {exc}",
                                                    "traceback": traceback.format_exc(), "at": _now()})
         raise
+    atomic_write_npz(run_dir / "predictions.npz", outcome.pop("predictions"))  # test probabilities, for reports
     result = {"run_id": cfg.run_id, "method": cfg.method, "dataset": cfg.dataset.name, "seed": cfg.seed,
               **outcome, "started_at": started_at, "finished_at": _now(), "testbed_version": __version__,
               "machine": {"python": platform.python_version(), "platform": platform.platform(),

@@ -23,7 +23,7 @@ FIXMATCH = ["run", "method=fixmatch", *FAST, "train.steps=7", "selector.threshol
 SUPERVISED = ["run", "method=supervised", *FAST, "train.steps=4", "train.eval_every=2"]
 METRIC_KEYS = {"step", "val_accuracy", "test_accuracy", "mask_rate", "pseudo_label_accuracy"}
 RESULT_KEYS = {"run_id", "test_accuracy", "test_accuracy_best_val", "test_macro_f1", "steps", "wall_seconds"}
-RESULT_TIME_FIELDS = {"wall_seconds", "train_seconds", "eval_seconds", "started_at", "finished_at"}
+RESULT_TIME_FIELDS = {"wall_seconds", "train_seconds", "eval_seconds", "augment_seconds", "started_at", "finished_at"}
 
 
 def invoke(args: list[str], out: Path):
@@ -55,7 +55,7 @@ def test_run_writes_config_metrics_and_result(fixmatch_run, registry):
     out, run_dir, output = fixmatch_run
     assert "fixmatch on trec (seed 0): finished" in output
     assert f"run directory: {run_dir}" in output
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "metrics.jsonl", "result.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "metrics.jsonl", "predictions.npz", "result.json"]
 
     config = json.loads((run_dir / "config.json").read_text())
     assert config == resolve(parse_overrides(FIXMATCH[1:]), registry).resolved

@@ -336,7 +336,7 @@ def test_an_interrupted_cell_is_rerun_from_a_clean_directory(tmp_path, registry)
     assert load_results(out).status.tolist() == ["unfinished"]
     result = grid_cli(*args, "--executor", "serial", out=out)
     assert "1 cells: 1 ran" in result.output
-    assert sorted(p.name for p in stale.iterdir()) == ["config.json", "metrics.jsonl", "result.json"]
+    assert sorted(p.name for p in stale.iterdir()) == ["config.json", "metrics.jsonl", "predictions.npz", "result.json"]
 
 
 # --------------------------------------------------------------------------- kill -9 midway, resume; dask

@@ -76,6 +76,11 @@ def testbed_evaluation(run_dir, record):
 @hookimpl
 def testbed_run_finished(run_dir, result):
     EVENTS.append(("run_finished", run_dir, dict(result)))
+
+@hookimpl
+def testbed_report_sections(results, context):
+    EVENTS.append(("report_sections", len(results)))
+    return []
 '''
 
 DUPLICATE_L1_PLUGIN = '''
@@ -381,7 +386,7 @@ def hook_names() -> list[str]:
 
 def test_hookspecs_are_all_known():
     collection = {hook for hook, _ in hookspecs.KINDS.values()}
-    events = {"testbed_run_started", "testbed_evaluation", "testbed_run_finished"}
+    events = {"testbed_run_started", "testbed_evaluation", "testbed_run_finished", "testbed_report_sections"}
     assert set(hook_names()) == collection | events
 
 

@@ -27,7 +27,7 @@ def run(registry, out):
 def test_trackers_are_off_by_default(registry, tmp_path, monkeypatch):
     monkeypatch.delenv("TESTBED_TRACKERS", raising=False)
     _, run_dir, _ = run(registry, tmp_path / "runs")
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "metrics.jsonl", "result.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "metrics.jsonl", "predictions.npz", "result.json"]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [run_dir.name]  # no mlruns/
 
 

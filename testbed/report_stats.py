@@ -1,0 +1,152 @@
+"""The statistics of ``testbed report``, on plain arrays so they can be tested on known answers:
+seed summaries with t confidence intervals, paired tests by seed with Holm's correction,
+average ranks with the Friedman test and Nemenyi's critical difference, calibration error."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+ALPHA = 0.05
+CI_NEEDS = "CI needs ≥ 2 seeds"
+PAIRED_RULE = ("Runs are paired by seed. With 2–5 pairs: paired t-test (Wilcoxon's signed-rank test cannot reach "
+               "p < 0.05 with fewer than 6 pairs); with 6 or more: Wilcoxon signed-rank test (no normality "
+               "assumption). p-values are Holm-corrected within each table; the verdict is taken at α = 0.05 on "
+               "the corrected p. Effect size: Cohen's d_z = mean difference / standard deviation of the differences.")
+WILCOXON_FROM = 6
+
+
+@dataclass(frozen=True)
+class Summary:
+    n: int
+    mean: float
+    std: float | None  # sample standard deviation (ddof 1); None for one value
+    ci_low: float | None  # 95% t-interval of the mean over seeds; None below 2 values
+    ci_high: float | None
+
+
+def summarize(values, confidence: float = 0.95) -> Summary:
+    """Mean, standard deviation and the t confidence interval of the mean of ``values`` (NaN dropped)."""
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if len(x) == 0:
+        return Summary(0, math.nan, None, None, None)
+    if len(x) == 1:
+        return Summary(1, float(x[0]), None, None, None)
+    mean, std = float(x.mean()), float(x.std(ddof=1))
+    if std == 0:
+        return Summary(len(x), mean, 0.0, mean, mean)
+    low, high = stats.t.interval(confidence, len(x) - 1, loc=mean, scale=std / math.sqrt(len(x)))
+    return Summary(len(x), mean, std, float(low), float(high))
+
+
+@dataclass(frozen=True)
+class Paired:
+    n: int
+    mean_diff: float  # mean of a - b
+    ci_low: float | None
+    ci_high: float | None
+    test: str  # "paired t", "Wilcoxon signed-rank", "none (identical)", or "not tested"
+    p: float | None
+    effect: float | None  # Cohen's d_z
+
+
+def paired_test(a, b) -> Paired:
+    """Compare paired samples ``a`` and ``b`` (same seeds, same order) with the rule of PAIRED_RULE."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d = a - b
+    n = len(d)
+    if n < 2:
+        return Paired(n, float(d.mean()) if n else math.nan, None, None, "not tested (needs ≥ 2 paired seeds)", None, None)
+    s = summarize(d)
+    sd = float(d.std(ddof=1))
+    effect = (float(d.mean()) / sd) if sd > 0 else (0.0 if d.mean() == 0 else math.copysign(math.inf, d.mean()))
+    if np.all(d == 0):
+        return Paired(n, 0.0, 0.0, 0.0, "none (identical)", 1.0, 0.0)
+    if n < WILCOXON_FROM:
+        test = "paired t"
+        p = 0.0 if sd == 0 else float(stats.ttest_rel(a, b).pvalue)
+    else:
+        test = "Wilcoxon signed-rank"
+        p = float(stats.wilcoxon(d).pvalue)
+    return Paired(n, float(d.mean()), s.ci_low, s.ci_high, test, p, effect)
+
+
+def holm(pvalues) -> list[float | None]:
+    """Holm's step-down adjusted p-values (None entries stay None and do not count)."""
+    indexed = [(p, i) for i, p in enumerate(pvalues) if p is not None]
+    m = len(indexed)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(indexed)):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def verdict(mean_diff: float, p_adjusted: float | None, alpha: float = ALPHA) -> str:
+    if p_adjusted is None:
+        return "not tested"
+    if p_adjusted < alpha and mean_diff != 0:
+        return "better" if mean_diff > 0 else "worse"
+    return "no detectable difference"
+
+
+@dataclass(frozen=True)
+class Ranking:
+    names: list[str]
+    average_ranks: list[float]  # 1 = best (highest score)
+    blocks: int
+    statistic: float | None  # Friedman chi-square; None below 3 methods or 2 blocks
+    p: float | None
+    cd: float | None  # Nemenyi critical difference at alpha
+
+
+def friedman(table, alpha: float = ALPHA) -> Ranking:
+    """``table``: 2-D array-like, rows = blocks (datasets), columns = methods, higher = better;
+    a DataFrame keeps its column names. Average ranks, Friedman test, Nemenyi CD."""
+    names = [str(c) for c in getattr(table, "columns", range(np.shape(table)[1]))]
+    x = np.asarray(table, dtype=float)
+    n, k = x.shape
+    ranks = np.vstack([stats.rankdata(-row) for row in x]) if n else np.zeros((0, k))
+    average = ranks.mean(0).tolist() if n else [math.nan] * k
+    statistic = p = None
+    if k >= 3 and n >= 2:
+        if np.all(x == x[:, :1]):  # every block ties all methods
+            statistic, p = 0.0, 1.0
+        else:
+            result = stats.friedmanchisquare(*x.T)
+            statistic, p = float(result.statistic), float(result.pvalue)
+    cd = None
+    if k >= 2 and n >= 1:
+        q = stats.studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2)
+        cd = float(q * math.sqrt(k * (k + 1) / (6.0 * n)))
+    return Ranking(names, [float(r) for r in average], n, statistic, p, cd)
+
+
+def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Expected calibration error with ``bins`` equal-width confidence bins, and per bin the mean
+    confidence, the accuracy and the count (for a reliability diagram)."""
+    confidence = probs.max(-1)
+    correct = (probs.argmax(-1) == labels).astype(float)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    count = np.bincount(which, minlength=bins).astype(float)
+    conf = np.divide(np.bincount(which, confidence, bins), count, out=np.full(bins, np.nan), where=count > 0)
+    acc = np.divide(np.bincount(which, correct, bins), count, out=np.full(bins, np.nan), where=count > 0)
+    filled = count > 0
+    ece = float(np.sum(count[filled] * np.abs(acc[filled] - conf[filled])) / max(count.sum(), 1))
+    return ece, conf, acc, count
+
+
+def per_class_f1(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall and F1 of the argmax predictions."""
+    predicted = probs.argmax(-1)
+    tp = np.bincount(labels[predicted == labels], minlength=num_classes).astype(float)
+    pred = np.bincount(predicted, minlength=num_classes).astype(float)
+    gold = np.bincount(labels, minlength=num_classes).astype(float)
+    precision = np.divide(tp, pred, out=np.zeros(num_classes), where=pred > 0)
+    recall = np.divide(tp, gold, out=np.zeros(num_classes), where=gold > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(num_classes), where=(precision + recall) > 0)
+    return precision, recall, f1

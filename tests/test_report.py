@@ -1,0 +1,279 @@
+"""testbed report: statistics on known answers, synthetic run directories, and a real tiny grid."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scipy import stats
+
+from conftest import FAST
+from testbed.cli import main
+from testbed.report import render_report
+from testbed.report_stats import CI_NEEDS, calibration, friedman, holm, paired_test, summarize, verdict
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_summary_of_seeds_is_a_t_interval_and_one_seed_has_no_ci():
+    s = summarize([0.80, 0.82, 0.84])
+    assert s.n == 3 and s.mean == pytest.approx(0.82) and s.std == pytest.approx(0.02)
+    half = stats.t.ppf(0.975, 2) * 0.02 / math.sqrt(3)
+    assert (s.ci_low, s.ci_high) == (pytest.approx(0.82 - half), pytest.approx(0.82 + half))
+    one = summarize([0.8])
+    assert one.n == 1 and one.std is None and one.ci_low is None
+
+
+def test_a_clear_winner_is_better_with_a_small_p():
+    base = np.array([0.70, 0.72, 0.71, 0.69, 0.70])
+    result = paired_test(base + np.array([0.10, 0.11, 0.09, 0.10, 0.12]), base)
+    assert result.test == "paired t" and result.p < 0.001 and result.effect > 5
+    assert verdict(result.mean_diff, result.p) == "better"
+    worse = paired_test(base, base + 0.1 + np.array([0, 0.01, -0.01, 0.02, 0]))
+    assert verdict(worse.mean_diff, worse.p) == "worse"
+
+
+def test_six_or_more_pairs_use_wilcoxon():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.7, 0.02, 8)
+    result = paired_test(base + 0.05 + rng.normal(0, 0.005, 8), base)
+    assert result.test == "Wilcoxon signed-rank"
+    assert result.p == pytest.approx(2 / 2**8)  # exact: all 8 differences positive
+    assert verdict(result.mean_diff, result.p) == "better"
+
+
+def test_identical_methods_show_no_detectable_difference():
+    a = [0.7, 0.8, 0.75]
+    result = paired_test(a, a)
+    assert result.p == 1.0 and verdict(result.mean_diff, result.p) == "no detectable difference"
+    noisy = paired_test([0.70, 0.81, 0.74, 0.77], [0.71, 0.80, 0.75, 0.76])
+    assert verdict(noisy.mean_diff, noisy.p) == "no detectable difference"
+    assert paired_test([0.7], [0.6]).p is None
+
+
+def test_holm_on_known_p_values():
+    # sorted 0.01, 0.02, 0.03, 0.04 with m = 4: 0.04, 0.06, 0.06 (monotone), 0.06
+    assert holm([0.04, 0.01, 0.03, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    assert holm([0.5, None, 0.01]) == [pytest.approx(0.5), None, pytest.approx(0.02)]
+    assert holm([0.6, 0.7]) == [pytest.approx(1.0), pytest.approx(1.0)]
+
+
+def test_friedman_and_average_ranks_on_a_known_table():
+    import pandas as pd
+
+    table = pd.DataFrame({"a": [0.9, 0.8, 0.85, 0.7], "b": [0.8, 0.7, 0.80, 0.6], "c": [0.7, 0.6, 0.75, 0.5]})
+    ranking = friedman(table)
+    assert ranking.names == ["a", "b", "c"] and ranking.average_ranks == [1.0, 2.0, 3.0]
+    # chi2 = 12 / (N k (k+1)) * sum R_j^2 - 3 N (k+1) = 12/48 * (16+64+144) - 48 = 8
+    assert ranking.statistic == pytest.approx(8.0) and ranking.p == pytest.approx(math.exp(-4))
+    assert ranking.cd == pytest.approx(2.3437 * math.sqrt(3 * 4 / (6 * 4)), abs=1e-3)  # Demšar's q_0.05 for k = 3
+    ties = friedman(pd.DataFrame({"a": [0.5, 0.5], "b": [0.5, 0.5], "c": [0.5, 0.5]}))
+    assert ties.average_ranks == [2.0, 2.0, 2.0] and ties.p == 1.0
+
+
+def test_calibration_error_of_a_known_case():
+    probs = np.array([[0.9, 0.1]] * 10)
+    labels = np.array([0] * 8 + [1] * 2)  # confidence 0.9, accuracy 0.8
+    ece, conf, acc, count = calibration(probs, labels)
+    assert ece == pytest.approx(0.1) and count.sum() == 10
+
+
+# --------------------------------------------------------------------------- synthetic run directories
+
+
+def fake_run(out: Path, run_id: str, method: str, seed: int, acc: float, *, dataset="trec", status="done", extra=None):
+    d = out / run_id
+    d.mkdir(parents=True)
+    config = {"method": method, "seed": seed, "dataset": {"name": dataset, "labels_per_class": 10},
+              "train": {"steps": 10, "batch_size": 8, "unlabeled_ratio": 2}, **(extra or {})}
+    (d / "config.json").write_text(json.dumps(config))
+    records = [{"step": s, "test_accuracy": acc * s / 10, "val_accuracy": acc * s / 10, "mask_rate": None if method == "supervised" else 1.0,
+                "pseudo_label_accuracy": None if method == "supervised" else 0.5, **({} if method == "supervised" else
+                {"selector/threshold/class_0": 0.5 + s / 100, "selector/threshold/class_1": 0.6})} for s in (5, 10)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if status == "failed":
+        (d / "error.json").write_text(json.dumps({"error": "RuntimeError: boom"}))
+        return
+    rng = np.random.default_rng(seed)
+    labels = np.arange(20) % 2
+    probs = np.where(rng.random(20) < acc, labels, 1 - labels)
+    probs = np.stack([1 - probs, probs], 1) * 0.8 + 0.1
+    np.savez(d / "predictions.npz", test_probs_last=probs, test_probs_best_val=probs, test_labels=labels)
+    result = {"run_id": run_id, "method": method, "seed": seed, "test_accuracy": acc, "test_accuracy_best_val": acc,
+              "test_macro_f1": acc - 0.05, "test_macro_f1_best_val": acc - 0.05, "val_accuracy_best": acc, "best_val_step": 10,
+              "mask_rate": None if method == "supervised" else 1.0, "pseudo_label_accuracy": None if method == "supervised" else 0.5,
+              "steps": 10, "wall_seconds": 20.0, "train_seconds": 18.0, "augment_seconds": 1.5, "labeled_size": 20,
+              "started_at": f"2025-01-01T00:0{seed}:00+00:00", "finished_at": f"2025-01-01T00:0{seed}:20+00:00",
+              "machine": {"cpus": 2, "torch_threads": 1}, "testbed_version": "0.1.0",
+              "pseudo_label_per_class": None if method == "supervised" else {"selected": [5, 5], "correct": [4, 3], "gold": [6, 6]}}
+    (d / "result.json").write_text(json.dumps(result))
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    """supervised, fixmatch (clearly better), pseudolabel (same as supervised) x 4 seeds on trec, plus
+    one seed of 'uda' only, and a failed fixmatch run."""
+    out = tmp_path / "runs"
+    base = [0.70, 0.72, 0.68, 0.71]
+    n = 0
+    for seed, acc in enumerate(base):
+        for method, value in (("supervised", acc), ("fixmatch", acc + 0.1 + 0.005 * seed), ("pseudolabel", acc)):
+            fake_run(out, f"{n:012x}", method, seed, value)
+            n += 1
+    fake_run(out, f"{n:012x}", "uda", 0, 0.75)
+    fake_run(out, "deadbeef0000", "fixmatch", 9, 0.0, status="failed")
+    return out
+
+
+class Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+
+def test_synthetic_report_verdicts_missing_runs_html_and_determinism(synthetic, tmp_path):
+    out = tmp_path / "report"
+    index = render_report([synthetic], out)
+    md = (out / "index.md").read_text()
+    for title in ("## Runs", "## Leaderboard", "## Paired comparisons", "## Across datasets", "## Ablation effects",
+                  "## Training dynamics", "## Calibration", "## Cost", "## Published references", "## Provenance"):
+        assert title in md
+    comparisons = {(r["cell"], r["checkpoint"]): r for r in _csv(out / "comparisons.csv")}
+    assert comparisons[("fixmatch", "last")]["verdict"] == "better" and float(comparisons[("fixmatch", "last")]["p_holm"]) < 0.01
+    assert comparisons[("pseudolabel", "last")]["verdict"] == "no detectable difference"
+    assert comparisons[("uda", "last")]["verdict"] == "not tested"
+    assert CI_NEEDS in md  # uda has one seed
+    assert "deadbeef0000" in md and "failed" in md and "RuntimeError: boom" in md  # the failed run is listed
+    assert "| trec · 10 labels/class | uda | 0 | 1, 2, 3 |" in md  # seeds missing from a cell are listed
+    assert "never engaged" in md  # mask rate 1.0 all along
+    assert "thresholds-0-0.png" in md
+    # the HTML parses and every image it references exists
+    parser = Images()
+    parser.feed(index.read_text())
+    assert parser.images and all((out / src).is_file() for src in parser.images)
+    # re-rendering gives identical files
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    render_report([synthetic], out)
+    second = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert first.keys() == second.keys()
+    for name in ("index.md", "index.html", "summary.csv", "comparisons.csv"):
+        assert first[name] == second[name], name
+    assert all(first[n] == second[n] for n in first if n.endswith(".png"))
+
+
+def _csv(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_summary_csv_has_the_leaderboard(synthetic, tmp_path):
+    render_report([synthetic], tmp_path / "r")
+    rows = {(r["cell"], r["checkpoint"], r["metric"]): r for r in _csv(tmp_path / "r" / "summary.csv")}
+    fixmatch = rows[("fixmatch", "last", "accuracy")]
+    assert int(fixmatch["n_seeds"]) == 4 and float(fixmatch["mean"]) == pytest.approx(0.8101, abs=1e-3)
+    assert rows[("uda", "last", "accuracy")]["ci95_low"] == ""
+
+
+def test_ranks_across_datasets_and_a_plugin_section(tmp_path, synthetic):
+    other = tmp_path / "runs2"
+    for seed in range(2):
+        for i, (method, acc) in enumerate((("supervised", 0.6), ("fixmatch", 0.7), ("pseudolabel", 0.65))):
+            fake_run(other, f"{seed}{i:011x}", method, seed, acc, dataset="sst2")
+    plugin_dir = tmp_path / "plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "extra_section.py").write_text(
+        "from testbed import hookimpl, ReportSection\n"
+        "@hookimpl\n"
+        "def testbed_report_sections(results, context):\n"
+        "    return [ReportSection(name='mine', title='My section', blocks=(f'{len(results)} runs, baseline {context.baseline}',))]\n")
+    result = CliRunner().invoke(main, ["--plugins-dir", str(plugin_dir), "report", str(synthetic), str(other), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "r" / "index.md").read_text()
+    assert "Blocks: 2 datasets and label budgets" in md and "critical-difference.png" in md
+    assert "## My section" in md and "20 runs, baseline supervised" in md
+    (plugin_dir / "broken_section.py").write_text(
+        "from testbed import hookimpl\n@hookimpl\ndef testbed_report_sections(results, context):\n    raise ValueError('oops')\n")
+    result = CliRunner().invoke(main, ["--plugins-dir", str(plugin_dir), "report", str(synthetic), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "r" / "index.md").read_text()
+    assert "## My section" in md and "## Plugin section failed: " in md and "ValueError: oops" in md
+
+
+def test_ablation_axes_get_marginal_means_and_an_interaction_heatmap(tmp_path):
+    out = tmp_path / "runs"
+    n = 0
+    for seed in range(2):
+        for distance in ("kl", "l2"):
+            for selector in ("threshold", "flexmatch"):
+                acc = 0.6 + (0.1 if distance == "kl" else 0) + (0.05 if selector == "flexmatch" else 0) + 0.01 * seed
+                fake_run(out, f"{n:012x}", "fixmatch", seed, acc, extra={"distance": {"name": distance}, "selector": {"name": selector}})
+                n += 1
+    render_report([out], tmp_path / "r")
+    md = (tmp_path / "r" / "index.md").read_text()
+    assert "| distance | runs | mean accuracy | 95% CI |" in md
+    assert "| kl | 4 | 0.7300 |" in md and "| l2 | 4 | 0.6300 |" in md  # pooled over selectors and seeds
+    assert "interaction-0-0.png" in md and (tmp_path / "r" / "interaction-0-0.png").is_file()
+    assert "No baseline runs" in md  # no supervised runs here: said, not silently skipped
+
+
+def test_group_by_and_unknown_key(synthetic, tmp_path):
+    result = CliRunner().invoke(main, ["report", str(synthetic), "-o", str(tmp_path / "r"), "--group-by", "nope"])
+    assert result.exit_code == 1 and "--group-by 'nope'" in result.output
+    result = CliRunner().invoke(main, ["report", str(synthetic), "-o", str(tmp_path / "r"), "--baseline", "pseudolabel"])
+    assert result.exit_code == 0 and "vs pseudolabel" in (tmp_path / "r" / "index.md").read_text()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None and not Path("/usr/bin/chromium").exists(), reason="no chromium")
+def test_report_opens_in_headless_chromium_without_errors(synthetic, tmp_path):
+    import subprocess
+
+    index = render_report([synthetic], tmp_path / "r")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    run = subprocess.run([chromium, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr", "--v=0",
+                          "--dump-dom", index.as_uri()], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "Leaderboard" in run.stdout
+    assert "Failed to load resource" not in run.stderr and "Uncaught" not in run.stderr
+
+
+# --------------------------------------------------------------------------- a real tiny grid
+
+
+def test_report_of_a_real_tiny_grid(tmp_path, registry):
+    from testbed.grid import expand, load_grid, run_grid
+
+    spec = load_grid(None, [*FAST, "method=supervised,fixmatch", "seed=0,1,2", "train.steps=4", "train.eval_every=2"])
+    cells = expand(spec, registry)
+    report = run_grid(cells, registry, tmp_path / "runs", executor="serial", progress=False)
+    assert report.complete
+    run_dir = next((tmp_path / "runs").glob("*/predictions.npz")).parent
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["augment_seconds"] >= 0
+    with np.load(run_dir / "predictions.npz") as data:
+        assert set(data.files) == {"test_probs_last", "test_probs_best_val", "test_labels"}
+        assert data["test_probs_last"].shape == (result["test_size"], 6) and len(data["test_labels"]) == result["test_size"]
+    fixmatch = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/result.json")]
+    fixmatch = [r for r in fixmatch if r["method"] == "fixmatch"]
+    counts = fixmatch[0]["pseudo_label_per_class"]
+    assert set(counts) == {"selected", "correct", "gold"} and len(counts["gold"]) == 6
+    assert all(c <= s for c, s in zip(counts["correct"], counts["selected"]))
+    assert sum(counts["gold"]) > 0
+
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "runs"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    md = (out / "index.md").read_text()
+    for title in ("Leaderboard", "Paired comparisons", "Across datasets", "Training dynamics", "Calibration", "Cost", "Provenance"):
+        assert f"## {title}" in md
+    assert "| fixmatch | 3 |" in md and "reliability-0.png" in md and "learning-curves-0.png" in md
