@@ -22,28 +22,33 @@ import socket
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from testbed import __version__
 from testbed.config import RunConfig
 from testbed.loop import prepare, train
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write(handle)`` into a temporary file beside ``path``, fsync, rename into place: readers
+    see the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -51,19 +56,10 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def atomic_write_npz(path: Path, arrays: dict) -> None:
-    """``numpy.savez_compressed`` to a temporary file beside ``path``, renamed into place; None values are left out."""
+    """``numpy.savez_compressed``, atomically; None values are left out."""
     import numpy as np
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **{k: v for k, v in arrays.items() if v is not None})
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: np.savez_compressed(handle, **{k: v for k, v in arrays.items() if v is not None}))
 
 
 def read_result(run_dir: Path) -> dict | None:

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
 import warnings
@@ -139,16 +138,9 @@ def cache_root() -> Path:
 
 
 def _atomic_bytes(path: Path, write: Callable) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from testbed.runs import atomic_write  # not at the top: runs imports the loop, which imports this module
+
+    atomic_write(path, write)
 
 
 def _read_shard(path: Path) -> tuple[list[int], list[int], list[str]]:
