@@ -193,7 +193,7 @@ def grid(ctx, args, out_dir, workers, executor, scheduler, executor_options, dry
       testbed grid benchmarks/ablation_minilm.toml --executor dask --scheduler tcp://HOST:8786
     """
     from testbed.config import parse_overrides
-    from testbed.grid import expand, load_grid, run_grid, status_table
+    from testbed.grid import expand, load_grid, run_grid, save_grid_file, status_table
 
     files = [a for a in args if "=" not in a]
     if len(files) > 1:
@@ -211,6 +211,8 @@ def grid(ctx, args, out_dir, workers, executor, scheduler, executor_options, dry
                    + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()) if status != "done")
                    + f" (in {out_dir})")
         return
+    if files:
+        save_grid_file(files[0], [a for a in args if "=" in a], out_dir)
     obj = ctx.find_root().obj
     plugins_dirs = list(obj["plugins_dirs"])
     report = run_grid(cells, reg, out_dir, executor=executor, workers=workers, executor_options=options, force=force,

@@ -27,6 +27,7 @@ same cell at once.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 import os
@@ -599,3 +600,19 @@ def status_table(cells: list[Cell], out_dir: str | Path) -> tuple[list[str], dic
         counts[status] = counts.get(status, 0) + 1
         lines.append(f"{cell.index:>{width}}  {cell.run_id}  {status:<10}  {cell.describe()}")
     return lines, counts
+
+
+def save_grid_file(path: str | Path, overrides: list[str], out_dir: str | Path) -> Path:
+    """Copy the grid file (and the command line's overrides, as a comment) into the runs
+    directory, so that a report of these runs can show what produced them. One copy per
+    distinct file and overrides: rerunning the same grid writes nothing new."""
+    from testbed.runs import atomic_write_text
+
+    path = Path(path)
+    header = f"# copied by `testbed grid {path.name}{''.join(' ' + o for o in overrides)}` for provenance\n"
+    text = header + path.read_text(encoding="utf-8")
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    target = Path(out_dir) / f"{path.stem}-{digest}.toml"
+    if not target.exists():
+        atomic_write_text(target, text)
+    return target

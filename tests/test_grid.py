@@ -411,3 +411,21 @@ def test_the_same_grid_on_a_dask_local_cluster(tmp_path, registry):
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert "54 cells: 54 ran, 0 already done, 0 failed" in finished.stdout
     _check_complete_grid(out, expected)
+
+
+def test_the_grid_file_is_kept_with_its_runs_for_the_report(tmp_path):
+    grid_file = write(tmp_path / "mine.toml", """
+        seeds = [0]
+        [axes]
+        method = ["supervised", "fixmatch"]
+    """)
+    out = tmp_path / "runs"
+    for _ in range(2):  # the second invocation finds everything done and adds no second copy
+        result = grid_cli(grid_file, *BASE, "--executor", "serial", out=out)
+        assert result.exit_code == 0, result.output
+    (copy,) = out.glob("mine-*.toml")
+    assert copy.read_text().endswith(grid_file.read_text())
+    assert copy.read_text().startswith("# copied by `testbed grid mine.toml backbone.name=tiny")
+    report = CliRunner().invoke(main, ["report", str(out), "-o", str(tmp_path / "report")])
+    assert report.exit_code == 0, report.output
+    assert copy.name in (tmp_path / "report" / "index.md").read_text()
