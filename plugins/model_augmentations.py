@@ -26,6 +26,17 @@ WORD = re.compile(r"\S+")
 PLACEHOLDER = re.compile(r"^(\[[^\]]*\]|<[^>]*>)$")  # [unused7], <extra_id_0>, ...: never a substitute
 
 
+def in_batches(batch, size: int):
+    """augment(texts, seeds) that runs ``batch`` on chunks of ``size`` texts: one model forward each."""
+    def augment(texts, seeds):
+        out = []
+        for start in range(0, len(texts), size):
+            out.extend(batch(texts[start : start + size], seeds[start : start + size]))
+        return out
+
+    return augment
+
+
 @contextlib.contextmanager
 def quiet_and_isolated():
     """No Hugging Face chatter, and torch's global random state as it was (random heads)."""
@@ -205,13 +216,7 @@ def mlm_substitute(options: MlmOptions):
             out[i] = replace_spans(texts[i], spans_i, new)
         return out
 
-    def augment(texts, seeds):
-        out = []
-        for start in range(0, len(texts), o.batch_size):
-            out.extend(batch(texts[start : start + o.batch_size], seeds[start : start + o.batch_size]))
-        return out
-
-    return Augmenter(augment, fingerprint=path_fingerprint(o.model))
+    return Augmenter(in_batches(batch, o.batch_size), fingerprint=path_fingerprint(o.model))
 
 
 # --------------------------------------------------------------------------- paraphrase
@@ -312,13 +317,7 @@ def paraphrase(options: ParaphraseOptions):
             out[i] = text or texts[i]  # nothing generated: the original text
         return out
 
-    def augment(texts, seeds):
-        out = []
-        for start in range(0, len(texts), o.batch_size):
-            out.extend(batch(texts[start : start + o.batch_size], seeds[start : start + o.batch_size]))
-        return out
-
-    return Augmenter(augment, fingerprint=path_fingerprint(o.model))
+    return Augmenter(in_batches(batch, o.batch_size), fingerprint=path_fingerprint(o.model))
 
 
 @hookimpl

@@ -68,6 +68,16 @@ def _load_or_error(context, name: str, teacher: str):
     return context.load_backbone(name)
 
 
+def _check_training_options(options) -> None:
+    """The options of teachers that train a model of their own."""
+    if options.lr <= 0:
+        raise ValueError(f"teacher.lr must be positive, got {options.lr}")
+    if options.batch_size < 1:
+        raise ValueError(f"teacher.batch_size must be at least 1, got {options.batch_size}")
+    if options.max_length < 2:
+        raise ValueError(f"teacher.max_length must be at least 2, got {options.max_length}")
+
+
 # --------------------------------------------------------------------------- self
 
 
@@ -203,12 +213,7 @@ class ModelOptions:
             raise ValueError("teacher.backbone must name a backbone, a local path or a hub id")
         if self.steps < 0:
             raise ValueError(f"teacher.steps must be 0 or more, got {self.steps}")
-        if self.lr <= 0:
-            raise ValueError(f"teacher.lr must be positive, got {self.lr}")
-        if self.batch_size < 1:
-            raise ValueError(f"teacher.batch_size must be at least 1, got {self.batch_size}")
-        if self.max_length < 2:
-            raise ValueError(f"teacher.max_length must be at least 2, got {self.max_length}")
+        _check_training_options(self)
         if self.temperature <= 0:
             raise ValueError(f"teacher.temperature must be positive, got {self.temperature}")
 
@@ -282,12 +287,7 @@ class CotrainOptions:
     def __post_init__(self):
         if not 0 <= self.threshold <= 1:
             raise ValueError(f"teacher.threshold must be in [0, 1], got {self.threshold}")
-        if self.lr <= 0:
-            raise ValueError(f"teacher.lr must be positive, got {self.lr}")
-        if self.batch_size < 1:
-            raise ValueError(f"teacher.batch_size must be at least 1, got {self.batch_size}")
-        if self.max_length < 2:
-            raise ValueError(f"teacher.max_length must be at least 2, got {self.max_length}")
+        _check_training_options(self)
 
 
 class CotrainTeacher(BaseTeacher):
