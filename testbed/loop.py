@@ -229,6 +229,7 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
         "best_val_step": best["step"], "val_accuracy_best": best["val_accuracy"],
         "mask_rate": whole_run.summary()["mask_rate"], "pseudo_label_accuracy": whole_run.summary()["pseudo_label_accuracy"],
         "steps": t.steps, "wall_seconds": wall, "train_seconds": wall - eval_seconds, "eval_seconds": eval_seconds,
+        "label_names": list(split.label_names),  # so reports name classes without loading the dataset
         "labeled_size": len(split.labeled), "validation_size": len(split.validation),
         "unlabeled_size": len(split.pool_texts), "test_size": len(split.test),
         "augment_seconds": augment_seconds, "pseudo_label_per_class": None if whole_run.per_class is None else

@@ -34,7 +34,7 @@ from testbed.report_stats import (ALPHA, CI_NEEDS, PAIRED_RULE, calibration, fri
 GROUP_KEYS = ("dataset.name", "dataset.labels_per_class")
 CHECKPOINTS = {"last": ("test_accuracy", "test_macro_f1"), "best on validation": ("test_accuracy_best_val", "test_macro_f1_best_val")}
 EXTRA_RESULT_KEYS = ("augment_seconds", "eval_seconds", "labeled_size", "unlabeled_size", "test_size", "started_at",
-                     "finished_at", "machine", "pseudo_label_per_class", "testbed_version")
+                     "finished_at", "machine", "pseudo_label_per_class", "testbed_version", "label_names")
 MAX_FIGURE_CELLS = 10  # lines per plot; more cells are plotted as the best ones on the leaderboard
 
 # USB (Wang et al., NeurIPS 2022, arXiv:2208.07204) NLP settings: dataset -> total labeled examples.
