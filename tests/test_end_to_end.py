@@ -82,6 +82,9 @@ def test_run_writes_config_metrics_and_result(fixmatch_run, registry):
     assert result["test_accuracy_best_val"] == best["test_accuracy"]
     assert result["labeled_size"] == 60 and result["validation_size"] == 30
     assert result["unlabeled_size"] == 200 and result["test_size"] == 100
+    assert result["label_names"] == ["DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM"]  # trec's labels.json
+    # provenance: the commit of this checkout (tests run from one), "+dirty" while files are edited
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", result["git_commit"])
 
 
 def test_run_dir_name_is_the_run_id_of_its_config(fixmatch_run):

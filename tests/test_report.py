@@ -111,7 +111,7 @@ def fake_run(out: Path, run_id: str, method: str, seed: int, acc: float, *, data
               "mask_rate": None if method == "supervised" else 1.0, "pseudo_label_accuracy": None if method == "supervised" else 0.5,
               "steps": 10, "wall_seconds": 20.0, "train_seconds": 18.0, "augment_seconds": 1.5, "labeled_size": 20,
               "started_at": f"2025-01-01T00:0{seed}:00+00:00", "finished_at": f"2025-01-01T00:0{seed}:20+00:00",
-              "machine": {"cpus": 2, "torch_threads": 1}, "testbed_version": "0.1.0",
+              "machine": {"cpus": 2, "torch_threads": 1}, "testbed_version": "0.1.0", "label_names": ["neg", "pos"],
               "pseudo_label_per_class": None if method == "supervised" else {"selected": [5, 5], "correct": [4, 3], "gold": [6, 6]}}
     (d / "result.json").write_text(json.dumps(result))
 
@@ -158,6 +158,7 @@ def test_synthetic_report_verdicts_missing_runs_html_and_determinism(synthetic, 
     assert "| trec · 10 labels/class | uda | 0 | 1, 2, 3 |" in md  # seeds missing from a cell are listed
     assert "never engaged" in md  # mask rate 1.0 all along
     assert "thresholds-0-0.png" in md
+    assert "| cell | neg | pos |" in md and "| fixmatch | 0.80 / 0.67 | 0.60 / 0.50 |" in md  # per class, by name
     # the HTML parses and every image it references exists
     parser = Images()
     parser.feed(index.read_text())
@@ -191,7 +192,7 @@ def test_ranks_across_datasets_and_a_plugin_section(tmp_path, synthetic):
     other = tmp_path / "runs2"
     for seed in range(2):
         for i, (method, acc) in enumerate((("supervised", 0.6), ("fixmatch", 0.7), ("pseudolabel", 0.65))):
-            fake_run(other, f"{seed}{i:011x}", method, seed, acc, dataset="sst2")
+            fake_run(other, f"f{seed}{i:010x}", method, seed, acc, dataset="sst2")
     plugin_dir = tmp_path / "plugins"
     plugin_dir.mkdir()
     (plugin_dir / "extra_section.py").write_text(
@@ -227,6 +228,63 @@ def test_ablation_axes_get_marginal_means_and_an_interaction_heatmap(tmp_path):
     assert "| kl | 4 | 0.7300 |" in md and "| l2 | 4 | 0.6300 |" in md  # pooled over selectors and seeds
     assert "interaction-0-0.png" in md and (tmp_path / "r" / "interaction-0-0.png").is_file()
     assert "No baseline runs" in md  # no supervised runs here: said, not silently skipped
+
+
+def test_published_references_sit_beside_matching_groups_only(tmp_path, synthetic):
+    imdb = tmp_path / "imdb"  # fake runs have 20 labeled examples: USB's IMDB-20 setting
+    for seed in range(3):
+        fake_run(imdb, f"a{seed:011x}", "supervised", seed, 0.70, dataset="imdb")
+        fake_run(imdb, f"b{seed:011x}", "fixmatch", seed, 0.80, dataset="imdb")
+        fake_run(imdb, f"c{seed:011x}", "cotraining", seed, 0.75, dataset="imdb")
+    render_report([imdb, synthetic], tmp_path / "r")
+    md = (tmp_path / "r" / "index.md").read_text()
+    section = md[md.index("## Published references: USB"):md.index("## Provenance")]
+    # ours: error 30.00 -> 20.00 = +10.00; USB (results/usb_nlp.csv): 20.31 -> 7.72 = +12.59
+    assert "| fixmatch | fixmatch | 3 | 20.00 ± 0.00 | +10.00 | 7.72 ± 0.33 | +12.59 |" in section
+    assert "| supervised | supervised | 3 | 30.00 ± 0.00 | – | 20.31 ± 2.79 | – |" in section
+    assert "| cotraining | cotraining | 3 | 25.00 ± 0.00 | +5.00 | not published | – |" in section
+    assert "fully supervised): 5.69 ± 0.15" in section
+    assert "trec" not in section.split("Settings")[1].split("\n\n", 1)[1]  # trec has no USB setting: no table for it
+
+
+def test_published_table_from_a_third_party_plugin(tmp_path, synthetic):
+    plugin_dir = tmp_path / "plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "my_paper.py").write_text(
+        "from testbed import hookimpl\n"
+        "from testbed_plugins.published import PublishedTable, published_section\n"
+        "MINE = PublishedTable(name='Mine', source='Me et al. 2026, Table 1', setup='a larger model', seeds=5,\n"
+        "                      error_rates={('trec', 20, 'supervised'): (40.0, 1.0), ('trec', 20, 'fixmatch'): (30.0, 2.0)})\n"
+        "@hookimpl\n"
+        "def testbed_report_sections(results, context):\n"
+        "    return [published_section(results, context, MINE, order=81)]\n")
+    result = CliRunner().invoke(main, ["--plugins-dir", str(plugin_dir), "report", str(synthetic), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "r" / "index.md").read_text()
+    assert "No group of these runs matches a USB setting" in md
+    mine = md[md.index("## Published references: Mine"):]
+    assert "| Mine error rate (%) | Mine gain |" in mine and "| 30.00 ± 2.00 | +10.00 |" in mine
+
+
+def test_a_run_in_two_directories_counts_once(tmp_path, synthetic):
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic, copy)
+    render_report([synthetic, copy], tmp_path / "r")
+    md = (tmp_path / "r" / "index.md").read_text()
+    assert "runs appear in more than one runs directory; each is counted once" in md
+    rows = {(r["cell"], r["checkpoint"], r["metric"]): r for r in _csv(tmp_path / "r" / "summary.csv")}
+    assert int(rows[("fixmatch", "last", "accuracy")]["n_seeds"]) == 4
+
+
+def test_a_cell_pooling_several_configs_pairs_seed_means(tmp_path):
+    out = tmp_path / "runs"
+    for seed in range(3):
+        fake_run(out, f"a{seed:011x}", "supervised", seed, 0.60 + 0.01 * seed)
+        for i, (distance, gain) in enumerate((("kl", 0.10), ("l2", 0.20))):
+            fake_run(out, f"b{i}{seed:010x}", "fixmatch", seed, 0.60 + 0.01 * seed + gain, extra={"distance": {"name": distance}})
+    render_report([out], tmp_path / "r", group_by=["method"])
+    row = next(r for r in _csv(tmp_path / "r" / "comparisons.csv") if r["cell"] == "fixmatch" and r["checkpoint"] == "last")
+    assert int(row["pairs"]) == 3 and float(row["mean_diff"]) == pytest.approx(0.15)
 
 
 def test_group_by_and_unknown_key(synthetic, tmp_path):
