@@ -31,6 +31,10 @@ from testbed.config import RunConfig
 from testbed.loop import prepare, train
 from testbed.resources import git_commit
 
+# the commit of the code this process imported: a later commit (or edit) made while a grid's
+# workers run must not be recorded as the code that produced their results
+IMPORTED_COMMIT = git_commit()
+
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """``write(handle)`` into a temporary file beside ``path``, fsync, rename into place: readers
@@ -176,7 +180,7 @@ def execute(cfg: RunConfig, registry, out_dir: str | Path, force: bool = False, 
         raise
     atomic_write_npz(run_dir / "predictions.npz", outcome.pop("predictions"))  # test probabilities, for reports
     result = {"run_id": cfg.run_id, "method": cfg.method, "dataset": cfg.dataset.name, "seed": cfg.seed,
-              **outcome, "started_at": started_at, "finished_at": _now(), "testbed_version": __version__, "git_commit": git_commit(),
+              **outcome, "started_at": started_at, "finished_at": _now(), "testbed_version": __version__, "git_commit": IMPORTED_COMMIT,
               "machine": {"python": platform.python_version(), "platform": platform.platform(),
                           "cpus": os.cpu_count(), "torch_threads": _torch_threads()}}
     atomic_write_json(run_dir / "result.json", result)
