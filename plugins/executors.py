@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
@@ -43,6 +45,15 @@ def _init_worker(threads: int) -> None:
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True, name="orphan-watch").start()
+
+
+def _exit_when_orphaned(parent: int, every: float = 0.5) -> None:
+    """A worker whose grid process died (``kill PID``, OOM killer) stops too: left running, it
+    would hold its cell's lock, so the resumed grid would skip that cell as running elsewhere."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)  # the cell stays unfinished; the resumed grid reruns it from a clean directory
 
 
 class LocalExecutor(BaseExecutor):

@@ -402,6 +402,41 @@ def test_kill_9_midway_then_resume_completes_54_cells_once(tmp_path, registry):
         assert (path.stat().st_mtime_ns, path.stat().st_ino) == stamp
 
 
+def _children(pid: int) -> list[int]:
+    return [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
+            if _stat_fields(stat) and int(_stat_fields(stat)[1]) == pid]
+
+
+def _stat_fields(stat: Path) -> list[str]:
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+@pytest.mark.slow
+def test_pool_workers_stop_when_the_grid_process_is_killed_alone(tmp_path):
+    # `kill -9 PID` of the grid only (not its process group): before the watchdog its workers
+    # finished their cells holding the locks, and a resumed grid skipped those as running elsewhere
+    out = tmp_path / "runs"
+    command = [TESTBED, "grid", str(TINY_GRID), "--workers", "2", "--out", str(out), "--quiet"]
+    grid = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*/metrics.jsonl")) or len(_children(grid.pid)) < 2:
+        assert grid.poll() is None and time.monotonic() < deadline, "the grid did not start its workers"
+        time.sleep(0.05)
+    os.kill(grid.pid, signal.SIGKILL)
+    grid.wait()
+    for _ in range(200):
+        if not _group_alive(grid.pid):
+            break
+        time.sleep(0.05)
+    survivors = _group_alive(grid.pid)
+    for pid in survivors:  # do not leak them into the rest of the test session
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, "pool workers outlived the grid process"
+
+
 @pytest.mark.slow
 def test_the_same_grid_on_a_dask_local_cluster(tmp_path, registry):
     out = tmp_path / "runs"
