@@ -3,7 +3,8 @@
     TESTBED_TRACKERS=mlflow,tensorboard testbed run ...      (or `testbed grid --trackers ...`)
 
 Each run is logged with its resolved config (flattened, as params / hparams) and every
-evaluation record as metrics at its step, and the final results when it finishes.
+evaluation record as metrics at its step, and the final results when it finishes; a run that
+raises is marked FAILED in MLflow (KILLED when interrupted) and gets an "error" text in TensorBoard.
 
 - mlflow: a run named by the run id in the experiment ``$TESTBED_MLFLOW_EXPERIMENT`` (default
   "testbed") of the store ``$TESTBED_MLFLOW_URI``, else ``$MLFLOW_TRACKING_URI``, else a local
@@ -106,6 +107,10 @@ class MlflowRun:
         self.log(final, int(result.get("steps") or 0))
         self.client.set_terminated(self.run_id, status="FINISHED")
 
+    def fail(self, error: str, interrupted: bool) -> None:
+        self.client.set_tag(self.run_id, "testbed.error", error[:5000])  # MLflow caps tag values
+        self.client.set_terminated(self.run_id, status="KILLED" if interrupted else "FAILED")
+
 
 @contextlib.contextmanager
 def _store_lock(uri: str):
@@ -155,6 +160,10 @@ class TensorboardRun:
         self.log(final, int(result.get("steps") or 0))
         self.writer.close()
 
+    def fail(self, error: str, interrupted: bool) -> None:
+        self.writer.add_text("error", ("interrupted: " if interrupted else "failed: ") + error, 0)
+        self.writer.close()
+
 
 TRACKERS = {"mlflow": MlflowRun, "tensorboard": TensorboardRun}
 
@@ -181,10 +190,20 @@ def testbed_evaluation(run_dir, record):
                 tracker.log(numeric(record), int(record.get("step", 0)))
 
 
+def _close(run_dir) -> list[tuple[str, object]]:
+    with _lock:
+        return [(name, _open.pop((name, where))) for (name, where) in list(_open) if where == str(run_dir)]
+
+
 @hookimpl
 def testbed_run_finished(run_dir, result):
-    for (name, where) in [key for key in list(_open) if key[1] == str(run_dir)]:
-        with _lock:
-            tracker = _open.pop((name, where))
+    for name, tracker in _close(run_dir):
         with _guard(name, "finish the run"):
             tracker.finish(result)
+
+
+@hookimpl
+def testbed_run_failed(run_dir, error, interrupted):
+    for name, tracker in _close(run_dir):
+        with _guard(name, "mark the run failed"):
+            tracker.fail(error, interrupted)

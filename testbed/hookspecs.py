@@ -402,6 +402,13 @@ def testbed_run_finished(run_dir: Path, result: dict) -> None:
 
 
 @hookspec
+def testbed_run_failed(run_dir: Path, error: str, interrupted: bool) -> None:
+    """A run stopped without a result: training raised ``error`` (also in error.json), or it was
+    interrupted (Ctrl-C; it stays unfinished and reruns). Example: a tracker marks its run
+    FAILED or KILLED instead of leaving it running."""
+
+
+@hookspec
 def testbed_report_sections(results: Any, context: ReportContext) -> Iterable[ReportSection]:
     """Extra sections for ``testbed report``; ``results`` is the runs table (a pandas DataFrame, one
     row per run, ``testbed.results.load_results`` columns plus ``cell``, ``group``, ``runs_dir``).

@@ -22,6 +22,7 @@ import socket
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -174,9 +175,15 @@ def execute(cfg: RunConfig, registry, out_dir: str | Path, force: bool = False, 
     try:
         with metrics:
             outcome = train(cfg, parts, on_evaluation=on_evaluation, progress=progress)
-    except Exception as exc:  # an interrupt (KeyboardInterrupt) leaves the run unfinished, not failed
-        atomic_write_json(run_dir / "error.json", {"error": f"{type(exc).__name__}: {exc}",
-                                                   "traceback": traceback.format_exc(), "at": _now()})
+    except BaseException as exc:  # an interrupt (KeyboardInterrupt) leaves the run unfinished, not failed
+        interrupted = not isinstance(exc, Exception)
+        error = f"{type(exc).__name__}: {exc}"
+        if not interrupted:
+            atomic_write_json(run_dir / "error.json", {"error": error, "traceback": traceback.format_exc(), "at": _now()})
+        try:
+            registry.hook.testbed_run_failed(run_dir=run_dir, error=error, interrupted=interrupted)
+        except Exception as hook_error:  # noqa: BLE001 - the run's own error is the one to raise
+            warnings.warn(f"a testbed_run_failed hook raised {type(hook_error).__name__}: {hook_error}", stacklevel=2)
         raise
     atomic_write_npz(run_dir / "predictions.npz", outcome.pop("predictions"))  # test probabilities, for reports
     result = {"run_id": cfg.run_id, "method": cfg.method, "dataset": cfg.dataset.name, "seed": cfg.seed,

@@ -101,3 +101,48 @@ def test_an_unknown_tracker_name_warns(registry, tmp_path, monkeypatch):
         _, run_dir, _ = run(registry, tmp_path / "runs")
     assert any("'mlfow', which is not a built-in tracker" in str(w.message) for w in caught)
     assert not (tmp_path / "runs" / "mlruns").exists()
+
+
+EXPLODING_SELECTOR = '''
+from testbed import hookimpl, Selector
+from testbed_plugins.selectors import ThresholdSelector, ThresholdOptions
+
+class Explodes(ThresholdSelector):
+    def select(self, probs, indices, step):
+        if step >= 3:
+            raise {error}("{message}")
+        return super().select(probs, indices, step)
+
+@hookimpl
+def testbed_selectors():
+    return [Selector(name="explodes", summary="fails at step 3", factory=Explodes, options=ThresholdOptions)]
+'''
+
+
+@pytest.mark.parametrize("error, status", [("RuntimeError", "FAILED"), ("KeyboardInterrupt", "KILLED")])
+def test_a_run_that_raises_is_not_left_running_in_mlflow_or_tensorboard(tmp_path, monkeypatch, error, status):
+    mlflow = pytest.importorskip("mlflow")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from testbed.plugins import load_plugins
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "explodes.py").write_text(EXPLODING_SELECTOR.format(error=error, message="boom at step 3"))
+    registry = load_plugins(plugins_dirs=[plugins])
+    monkeypatch.setenv("TESTBED_TRACKERS", "mlflow,tensorboard")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("TESTBED_MLFLOW_URI", raising=False)
+    monkeypatch.delenv("TESTBED_TENSORBOARD_DIR", raising=False)
+    out = tmp_path / "runs"
+    cfg = resolve(parse_overrides([*TRACKED, "selector.name=explodes"]), registry)
+    with pytest.raises(RuntimeError if error == "RuntimeError" else KeyboardInterrupt, match="boom at step 3"):
+        execute(cfg, registry, out, progress=False)
+    mlflow.set_tracking_uri((out / "mlruns").as_uri())
+    runs = mlflow.search_runs(experiment_names=["testbed"], output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == status
+    assert runs[0].data.tags["testbed.error"] == f"{error}: boom at step 3"
+    assert [m.step for m in mlflow.tracking.MlflowClient().get_metric_history(runs[0].info.run_id, "test_accuracy")] == [2]
+    events = EventAccumulator(str(out / cfg.run_id / "tensorboard")).Reload()
+    assert "error/text_summary" in events.Tags()["tensors"]
+    assert (out / cfg.run_id / "error.json").is_file() == (error == "RuntimeError")  # an interrupt is not a failure
