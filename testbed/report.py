@@ -184,6 +184,8 @@ class Builder:
         self.done = frame[frame.status == "done"]
         self.groups = sorted(self.done["group"].unique().tolist(), key=self._group_sort)
         self._metrics: dict[tuple[str, str], list[dict]] = {}
+        # a cell keeps its color in every plot of the report
+        self.colors = {cell: f"C{i % 10}" for i, cell in enumerate(sorted(self.done["cell"].unique().tolist()))}
 
     def _group_sort(self, group: str):
         row = self.done[self.done.group == group].iloc[0]
@@ -425,12 +427,12 @@ class Builder:
             test, val = self._curves(group, "test_accuracy"), self._curves(group, "val_accuracy")
             if test:
                 blocks.append(ReportFigure(name=f"learning-curves-{gi}", figure=line_plot(
-                    [("test accuracy", test), ("validation accuracy", val)], "step", "accuracy"),
+                    [("test accuracy", test), ("validation accuracy", val)], "step", "accuracy", self.colors),
                     caption=f"{group}: test and validation accuracy vs step"))
             mask, quality = self._curves(group, "mask_rate"), self._curves(group, "pseudo_label_accuracy")
             if mask:
                 blocks.append(ReportFigure(name=f"pseudo-labels-{gi}", figure=line_plot(
-                    [("mask rate (share selected)", mask), ("accuracy of selected pseudo-labels", quality)], "step", "share"),
+                    [("mask rate (share selected)", mask), ("accuracy of selected pseudo-labels", quality)], "step", "share", self.colors),
                     caption=f"{group}: pseudo-label quantity vs quality over training"))
                 never = [c for c, (_, m) in mask.items() if len(m) and np.all(m >= 0.999)]
                 if never:
@@ -520,7 +522,7 @@ class Builder:
                 blocks.append(f"**{group}**: no predictions.npz (runs from before it was saved).")
                 continue
             blocks += [f"**{group}**", pd.DataFrame(rows)]
-            blocks.append(ReportFigure(name=f"reliability-{gi}", figure=reliability_plot(dict(list(curves.items())[:MAX_FIGURE_CELLS])),
+            blocks.append(ReportFigure(name=f"reliability-{gi}", figure=reliability_plot(dict(list(curves.items())[:MAX_FIGURE_CELLS]), self.colors),
                                        caption=f"{group}: reliability diagram (last checkpoint)"))
             blocks += ["Per-class test F1 (last checkpoint, mean over seeds):", pd.DataFrame(f1_rows)]
         return ReportSection(name="calibration", title="Calibration and per-class metrics", blocks=tuple(blocks), order=60)
@@ -597,10 +599,10 @@ def _figure(width: float = 7.0, height: float = 4.0):
     return Figure(figsize=(width, height), dpi=100)
 
 
-def line_plot(panels: list[tuple[str, dict]], xlabel: str, ylabel: str):
+def line_plot(panels: list[tuple[str, dict]], xlabel: str, ylabel: str, colors: dict[str, str] | None = None):
     fig = _figure(5.0 * len(panels), 3.8)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    colors: dict[str, str] = {}  # one color per cell in every panel
+    colors = dict(colors or {})  # one color per cell in every panel
     for _, curves in panels:
         for cell in curves:
             colors.setdefault(cell, f"C{len(colors) % 10}")
@@ -631,13 +633,13 @@ def threshold_plot(curves: list[tuple[str, np.ndarray, np.ndarray]]):
     return fig
 
 
-def reliability_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]]):
+def reliability_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], colors: dict[str, str] | None = None):
     fig = _figure(4.8, 4.4)
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect calibration")
     for i, (cell, (conf, acc)) in enumerate(curves.items()):
         keep = ~np.isnan(conf)
-        ax.plot(conf[keep], acc[keep], marker="o", markersize=3, color=f"C{i % 10}", label=cell)
+        ax.plot(conf[keep], acc[keep], marker="o", markersize=3, color=(colors or {}).get(cell, f"C{i % 10}"), label=cell)
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)

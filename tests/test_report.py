@@ -287,6 +287,26 @@ def test_a_cell_pooling_several_configs_pairs_seed_means(tmp_path):
     assert int(row["pairs"]) == 3 and float(row["mean_diff"]) == pytest.approx(0.15)
 
 
+def test_a_cell_has_one_color_in_every_plot(tmp_path):
+    from testbed.report import Builder, load_report_table
+
+    out = tmp_path / "runs"  # supervised leads and has no pseudo-label curve: the other cells shift
+    for seed in range(2):
+        for i, (method, acc) in enumerate((("supervised", 0.9), ("fixmatch", 0.8), ("pseudolabel", 0.7))):
+            fake_run(out, f"{i}{seed:011x}", method, seed, acc)
+    frame, keys = load_report_table([out])
+    builder = Builder(frame, keys, "supervised", [out])
+    figures = {b.name: b.figure for b in builder.dynamics().blocks if hasattr(b, "figure")}
+    figures.update({b.name: b.figure for b in builder.calibration().blocks if hasattr(b, "figure")})
+    colors: dict[str, set] = {}
+    for name in ("learning-curves-0", "pseudo-labels-0", "reliability-0"):  # supervised is missing from the second
+        for ax in figures[name].axes:
+            for line in ax.get_lines():
+                colors.setdefault(line.get_label(), set()).add(line.get_color())
+    assert {"supervised", "fixmatch", "pseudolabel"} <= set(colors)
+    assert all(len(c) == 1 for cell, c in colors.items() if cell != "perfect calibration"), colors
+
+
 def test_group_by_and_unknown_key(synthetic, tmp_path):
     result = CliRunner().invoke(main, ["report", str(synthetic), "-o", str(tmp_path / "r"), "--group-by", "nope"])
     assert result.exit_code == 1 and "--group-by 'nope'" in result.output
