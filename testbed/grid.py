@@ -496,6 +496,9 @@ def run_grid(cells: list[Cell], registry, out_dir: str | Path, *, executor: str 
              echo: Callable[[str], None] | None = None, env: dict[str, str] | None = None) -> GridReport:
     """Run every cell that is not finished yet through the executor plugin ``executor``.
     Workers get this process's TESTBED_*, MLFLOW_* and HF_* environment variables, and ``env``."""
+    from testbed.resources import refuse_shared_data
+
+    refuse_shared_data(out_dir, "The runs directory", "Pass --out somewhere else, e.g. runs.")
     from testbed.config import build_section
     from testbed.hookspecs import ExecutorContext
     from testbed.runs import run_status
@@ -606,6 +609,9 @@ def save_grid_file(path: str | Path, overrides: list[str], out_dir: str | Path) 
     """Copy the grid file (and the command line's overrides, as a comment) into the runs
     directory, so that a report of these runs can show what produced them. One copy per
     distinct file and overrides: rerunning the same grid writes nothing new."""
+    from testbed.resources import refuse_shared_data
+
+    refuse_shared_data(out_dir, "The runs directory", "Pass --out somewhere else, e.g. runs.")
     from testbed.runs import atomic_write_text
 
     path = Path(path)

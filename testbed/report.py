@@ -27,7 +27,7 @@ import numpy as np
 from testbed import __version__
 from testbed.errors import UserError
 from testbed.hookspecs import ReportContext, ReportFigure, ReportSection
-from testbed.resources import git_commit
+from testbed.resources import git_commit, refuse_shared_data
 from testbed.report_stats import (ALPHA, CI_NEEDS, PAIRED_RULE, calibration, friedman, holm, paired_test, per_class_f1,
                                   summarize, verdict)
 
@@ -788,6 +788,7 @@ def render_report(runs_dirs: Sequence[str | Path], out_dir: str | Path, *, basel
     """Write the report of ``runs_dirs`` into ``out_dir``; returns the path of index.html."""
     import pandas as pd
 
+    refuse_shared_data(out_dir, "The report directory", "Pass -o somewhere else, e.g. reports/NAME.")
     runs_dirs = [Path(d) for d in runs_dirs]
     frame, cell_keys = load_report_table(runs_dirs, group_by)
     out = Path(out_dir)

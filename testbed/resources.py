@@ -8,6 +8,7 @@ says how to get the missing piece; nothing here downloads anything.
   it, ``.venv/nltk_data`` for the project's venv), ``<cache_dir>/nltk_data`` and NLTK's own
   default directories.
 - ``git_commit()``: the commit of the running testbed checkout, for runs' provenance.
+- ``refuse_shared_data(path, what, fix)``: outputs and caches never go into the shared data.
 """
 
 from __future__ import annotations
@@ -127,3 +128,20 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
+def shared_data_dirs() -> list[Path]:
+    """The data directory and ``../shared`` beside the checkout: read-only for the testbed."""
+    from testbed.data import data_dir
+
+    shared = Path(__file__).resolve().parents[2] / "shared"
+    return [p.resolve() for p in (data_dir(), shared) if p is not None]
+
+
+def refuse_shared_data(path: str | Path, what: str, fix: str) -> None:
+    """A UserError when ``path`` is (inside) the shared data, which may be read but never written."""
+    resolved = Path(path).resolve()
+    for protected in shared_data_dirs():
+        if resolved == protected or protected in resolved.parents:
+            raise UserError(f"{what} {path} is inside the shared data directory {protected}, which the testbed only "
+                            f"reads. {fix}")

@@ -119,6 +119,10 @@ def _storable(frame):
 def write_results(frame, fmt: str = "table", output: str | Path | None = None) -> str | None:
     """Render ``frame`` as ``table`` | ``csv`` | ``json`` | ``parquet``; returns the text when
     ``output`` is None (parquet needs a file), else writes the file and returns None."""
+    if output is not None:
+        from testbed.resources import refuse_shared_data
+
+        refuse_shared_data(output, "The output file", "Pass --output somewhere else.")
     if fmt == "parquet":
         if output is None:
             raise UserError("--format parquet writes a binary file: add --output FILE.parquet.")

@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 from testbed import __version__
 from testbed.config import RunConfig
 from testbed.loop import prepare, train
-from testbed.resources import git_commit
+from testbed.resources import git_commit, refuse_shared_data
 
 # the commit of the code this process imported: a later commit (or edit) made while a grid's
 # workers run must not be recorded as the code that produced their results
@@ -151,6 +151,7 @@ def _now() -> str:
 def execute(cfg: RunConfig, registry, out_dir: str | Path, force: bool = False, progress: bool = True) -> tuple[Path, dict, bool]:
     """Run ``cfg`` into ``out_dir/<run_id>``. Returns (run_dir, result, ran); ``ran`` is False
     when a finished result already existed and was returned as it is."""
+    refuse_shared_data(out_dir, "The runs directory", "Pass --out somewhere else, e.g. runs.")
     run_dir = Path(out_dir) / cfg.run_id
     existing = read_result(run_dir)
     if existing is not None and not force:

@@ -118,22 +118,19 @@ def view_seeds(digests: np.ndarray, seed: int, role: str, variants: np.ndarray) 
 
 
 def _protected() -> list[Path]:
-    from testbed.data import data_dir
+    from testbed.resources import shared_data_dirs
 
-    shared = Path(__file__).resolve().parents[2] / "shared"
-    return [p.resolve() for p in (data_dir(), shared) if p is not None]
+    return shared_data_dirs()
 
 
 def cache_root() -> Path:
     """Where views are cached: ``<cache dir>/views``; never inside the shared data."""
     from testbed.resources import cache_dir
 
+    from testbed.resources import refuse_shared_data
+
     root = cache_dir() / "views"
-    resolved = root.resolve()
-    for protected in _protected():
-        if resolved == protected or protected in resolved.parents:
-            raise UserError(f"The cache directory {root} is inside the shared data directory {protected}, which is read-only "
-                            "for the testbed. Point $TESTBED_CACHE somewhere else.")
+    refuse_shared_data(root, "The cache directory", "Point $TESTBED_CACHE somewhere else.")
     return root
 
 

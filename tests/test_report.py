@@ -360,3 +360,17 @@ def test_report_of_a_real_tiny_grid(tmp_path, registry):
     for title in ("Leaderboard", "Paired comparisons", "Across datasets", "Training dynamics", "Calibration", "Cost", "Provenance"):
         assert f"## {title}" in md
     assert "| fixmatch | 3 |" in md and "reliability-0.png" in md and "learning-curves-0.png" in md
+
+
+@pytest.mark.parametrize("command", [
+    ["report", "{runs}", "-o", "{shared}/report"],
+    ["results", "{runs}", "--format", "csv", "--output", "{shared}/results.csv"],
+    ["run", "method=supervised", "backbone.name=tiny", "--out", "{shared}/runs"],
+    ["grid", "method=supervised", "backbone.name=tiny", "seed=0,1", "--out", "{shared}/runs"],
+])
+def test_nothing_is_written_into_the_shared_data(synthetic, data_root, command):
+    before = sorted(p.name for p in data_root.iterdir())
+    args = [a.format(runs=synthetic, shared=data_root) for a in command]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "inside the shared data directory" in result.output, result.output
+    assert sorted(p.name for p in data_root.iterdir()) == before
