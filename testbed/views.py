@@ -125,9 +125,7 @@ def _protected() -> list[Path]:
 
 def cache_root() -> Path:
     """Where views are cached: ``<cache dir>/views``; never inside the shared data."""
-    from testbed.resources import cache_dir
-
-    from testbed.resources import refuse_shared_data
+    from testbed.resources import cache_dir, refuse_shared_data
 
     root = cache_dir() / "views"
     refuse_shared_data(root, "The cache directory", "Point $TESTBED_CACHE somewhere else.")
