@@ -66,6 +66,23 @@ def _short(key: str) -> str:
     return key[: -len(".name")] if key.endswith(".name") else key
 
 
+def implied_keys_dropped(frame, keys: list[str]) -> list[str]:
+    """The keys that name a cell, without those that say nothing more: the seams a method preset
+    sets (``selector.name`` when ``method`` varies) and the options of a strategy that come with
+    its name (``augmentation.strong.alpha_ri`` when ``augmentation.strong.name`` varies over eda
+    and drop_swap). Axes the user varied themselves stay."""
+    hashed = frame[keys].map(_hashable) if keys else frame
+    constant_within = lambda key, by: hashed.groupby(by)[key].nunique().max() <= 1  # noqa: E731
+    kept = list(keys)
+    if "method" in kept:
+        kept = ["method"] + [k for k in kept if k != "method" and not constant_within(k, ["method"])]
+    for key in sorted(kept, key=lambda k: k.count("."), reverse=True):
+        named_by = key.rsplit(".", 1)[0] + ".name"
+        if not key.endswith(".name") and named_by in kept and constant_within(key, [k for k in kept if k != key]):
+            kept.remove(key)
+    return kept
+
+
 def load_report_table(runs_dirs: Sequence[str | Path], group_by: Sequence[str] = ()):
     """The runs of every directory as one DataFrame: load_results columns (all config keys), the
     extra result.json fields, ``runs_dir``, ``group`` and ``cell`` labels; and the cell keys."""
@@ -104,11 +121,7 @@ def load_report_table(runs_dirs: Sequence[str | Path], group_by: Sequence[str] =
             raise UserError(f"--group-by {unknown[0]!r} is not a config key of these runs; e.g. {', '.join(varied[:5])}.")
         cell_keys = list(group_by)
     else:
-        cell_keys = [k for k in varied if k not in (*GROUP_KEYS, "seed")]
-        if "method" in cell_keys:  # keys the preset sets (selector.name ...) say nothing the method does not
-            by_method = frame.groupby(frame["method"].map(_hashable))
-            cell_keys = ["method"] + [k for k in cell_keys if k != "method"
-                                      and by_method[k].agg(lambda s: len({_hashable(v) for v in s})).max() > 1]
+        cell_keys = implied_keys_dropped(frame, [k for k in varied if k not in (*GROUP_KEYS, "seed")])
     for key in GROUP_KEYS:
         if key not in frame.columns:
             frame[key] = None

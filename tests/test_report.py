@@ -307,6 +307,27 @@ def test_a_cell_has_one_color_in_every_plot(tmp_path):
     assert all(len(c) == 1 for cell, c in colors.items() if cell != "perfect calibration"), colors
 
 
+def test_cells_are_named_by_the_varied_choices_not_the_options_that_come_with_them(tmp_path):
+    from testbed.report import load_report_table
+
+    out, more = tmp_path / "runs", tmp_path / "more"  # eda and drop_swap have different options
+    for seed in range(2):
+        for i, (strong, options) in enumerate((("drop_swap", {"p_delete": 0.1}), ("eda", {"alpha_rs": 0.1}))):
+            for j, method in enumerate(("fixmatch", "freematch")):
+                fake_run(out, f"{i}{j}{seed:010x}", method, seed, 0.7 + 0.01 * i + 0.02 * j,
+                         extra={"augmentation": {"strong": {"name": strong, **options}},
+                                "selector": {"name": "threshold" if method == "fixmatch" else "freematch"}})
+        for k, p in enumerate((0.2, 0.3)):  # an option varied on purpose
+            fake_run(more, f"f{k}{seed:010x}", "fixmatch", seed, 0.7,
+                     extra={"augmentation": {"strong": {"name": "drop_swap", "p_delete": p}}, "selector": {"name": "threshold"}})
+    frame, keys = load_report_table([out])
+    assert keys == ["method", "augmentation.strong.name"]
+    assert set(frame.cell) == {f"method={m}, augmentation.strong={a}" for m in ("fixmatch", "freematch") for a in ("eda", "drop_swap")}
+    frame, keys = load_report_table([out, more])  # now p_delete names cells too
+    assert keys == ["method", "augmentation.strong.name", "augmentation.strong.p_delete"]
+    assert "method=fixmatch, augmentation.strong=drop_swap, augmentation.strong.p_delete=0.3" in set(frame.cell)
+
+
 def test_group_by_and_unknown_key(synthetic, tmp_path):
     result = CliRunner().invoke(main, ["report", str(synthetic), "-o", str(tmp_path / "r"), "--group-by", "nope"])
     assert result.exit_code == 1 and "--group-by 'nope'" in result.output
