@@ -8,6 +8,8 @@ pyproject.toml, exactly as a third-party plugin would be:
   ``model_augmentations`` (masked-LM substitution, LLM paraphrase), ``nlpaug_augmentations``,
   ``precomputed`` (views stored in dataset columns), ``compositions`` (sequence, one_of,
   randaugment); ``_text`` holds helpers they share and registers nothing;
-- data and models: ``datasets``, ``backbones``; methods: ``presets``;
-- grids: ``executors`` (serial, local processes, dask), ``trackers`` (MLflow, TensorBoard).
+- data and models: ``datasets``, ``backbones``, ``frozen`` (a head on cached outputs of a frozen
+  encoder); methods: ``presets``;
+- grids: ``executors`` (serial, local processes, dask), ``trackers`` (MLflow, TensorBoard);
+- reports: ``published`` (published results beside ours).
 """

@@ -270,7 +270,8 @@ def report(ctx, runs_dirs, out_dir, baseline, group_by, title):
 @click.option("--json", "as_json", is_flag=True, help="Print the cache directory, sizes and entries as JSON.")
 @click.pass_context
 def cache(ctx, as_json):
-    """The view cache ($TESTBED_CACHE/views): its size and entries; `testbed cache clear` empties it."""
+    """The caches under $TESTBED_CACHE: augmentation views (views/) and frozen-encoder outputs
+    (features/), their sizes and entries; `testbed cache clear` empties them."""
     if ctx.invoked_subcommand is None:
         from testbed.views import cache_report
 
@@ -279,9 +280,10 @@ def cache(ctx, as_json):
 
 @cache.command("clear")
 @click.argument("name", required=False)
-@click.option("--all", "everything", is_flag=True, help="Remove every cached view.")
+@click.option("--all", "everything", is_flag=True, help="Remove every cached view and feature.")
 def cache_clear(name, everything):
-    """Remove the cached views of augmentation NAME (or an entry directory), or --all."""
+    """Remove the cached views of augmentation NAME, the features of encoder NAME (or an entry
+    directory), or --all."""
     from testbed.views import clear_cache
 
     click.echo(clear_cache(name, everything))

@@ -305,23 +305,44 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
-def cache_entries(root: Path | None = None) -> list[dict]:
-    """Every entry: augmentation, options, seed, role, variants and texts held, bytes."""
-    root = root or cache_root()
-    rows = []
+def _entries(root: Path):
+    """(entry directory, its meta.json, its readable shards) of a cache root; unreadable ones skipped."""
     for directory in sorted(root.glob("*-*")) if root.is_dir() else []:
         try:
             meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        digests, variants = set(), set()
+        shards = []
         for shard in directory.glob("shard-*.npz"):
             with contextlib.suppress(OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile), np.load(shard) as z:
-                digests.update(z["digest"].tolist())
-                variants.update(z["variant"].tolist())
+                shards.append({k: z[k] for k in z.files})
+        yield directory, meta, shards
+
+
+def cache_entries(root: Path | None = None) -> list[dict]:
+    """Every entry: augmentation, options, seed, role, variants and texts held, bytes."""
+    root = root or cache_root()
+    rows = []
+    for directory, meta, shards in _entries(root):
+        digests = {d for z in shards for d in z["digest"].tolist()}
+        variants = {v for z in shards for v in z["variant"].tolist()}
         options = {k: v for k, v in meta["spec"].items() if k != "name"}
         rows.append({"entry": directory.name, "augmentation": meta["augmentation"], "options": options, "seed": meta["seed"],
                      "role": meta["role"], "variants": len(variants), "texts": len(digests), "bytes": _size(directory)})
+    return rows
+
+
+FEATURES = "features"  # beside views/: the frozen-encoder backbone's cached encoder outputs (plugins/frozen.py)
+
+
+def feature_entries(root: Path | None = None) -> list[dict]:
+    """Every entry of the feature cache: encoder, pooling, hidden size, texts held, bytes."""
+    root = root or cache_root().parent / FEATURES
+    rows = []
+    for directory, meta, shards in _entries(root):
+        keys = {k for z in shards for k in z["key"].tolist()}
+        rows.append({"entry": directory.name, "encoder": meta.get("encoder"), "pooling": meta.get("pooling"),
+                     "hidden": meta.get("hidden"), "texts": len(keys), "bytes": _size(directory)})
     return rows
 
 
@@ -337,10 +358,13 @@ def cache_report(as_json: bool = False) -> str:
     """What ``testbed cache`` prints."""
     root = cache_root()
     entries = cache_entries(root)
+    features_root = root.parent / FEATURES
+    features = feature_entries(features_root)
     total, views = _size(root.parent), _size(root)
     if as_json:
         return json.dumps({"cache_dir": str(root.parent), "views_dir": str(root), "total_bytes": total,
-                           "views_bytes": views, "entries": entries}, indent=2)
+                           "views_bytes": views, "entries": entries, "features_dir": str(features_root),
+                           "features_bytes": _size(features_root), "feature_entries": features}, indent=2)
     lines = [f"cache directory: {root.parent}  ({_human(total)} in all; views {_human(views)} in {root})",
              f"{len(entries)} view entr{'y' if len(entries) == 1 else 'ies'}" + (":" if entries else "")]
     if entries:
@@ -348,26 +372,42 @@ def cache_report(as_json: bool = False) -> str:
         for e in entries:
             lines.append(f"  {e['augmentation']:<16} {e['role']:<6} {e['seed']:>5} {e['variants']:>8} {e['texts']:>7} "
                          f"{_human(e['bytes']):>9}  {json.dumps(e['options'], sort_keys=True)}")
+    if features:
+        lines.append(f"{len(features)} feature entr{'y' if len(features) == 1 else 'ies'} (frozen encoder outputs, "
+                     f"{_human(_size(features_root))} in {features_root}):")
+        lines.append(f"  {'encoder':<24} {'pooling':<7} {'hidden':>6} {'texts':>7} {'size':>9}  entry")
+        for e in features:
+            lines.append(f"  {str(e['encoder']):<24} {str(e['pooling']):<7} {str(e['hidden']):>6} {e['texts']:>7} "
+                         f"{_human(e['bytes']):>9}  {e['entry']}")
     return "\n".join(lines)
 
 
 def clear_cache(name: str | None = None, everything: bool = False) -> str:
-    """Remove the view entries of augmentation ``name`` (or entry directory ``name``), or all of them."""
+    """Remove the view entries of augmentation ``name`` and the feature entries of encoder ``name``
+    (or entry directory ``name``), or all of them."""
     if not everything and not name:
         raise UserError("Say what to clear: `testbed cache clear --all`, or `testbed cache clear NAME` with an "
-                        "augmentation name from `testbed cache`.")
+                        "augmentation or encoder name from `testbed cache`.")
     root = cache_root()
     entries = cache_entries(root)
+    features_root = root.parent / FEATURES
+    features = feature_entries(features_root)
     chosen = entries if everything else [e for e in entries if name in (e["augmentation"], e["entry"])]
-    if not everything and not chosen:
-        names = sorted({e["augmentation"] for e in entries})
-        return f"No cached views of {name!r}. Cached: {', '.join(names) if names else '(nothing)'}."
-    for e in chosen:
-        shutil.rmtree(root / e["entry"], ignore_errors=True)
-    if everything and root.is_dir():
-        shutil.rmtree(root, ignore_errors=True)
-    freed = sum(e["bytes"] for e in chosen)
-    return f"Removed {len(chosen)} view entr{'y' if len(chosen) == 1 else 'ies'} ({_human(freed)}) from {root}."
+    chosen_features = features if everything else [e for e in features if name in (e["encoder"], e["entry"])]
+    if not everything and not chosen and not chosen_features:
+        names = sorted({e["augmentation"] for e in entries}) + sorted({f"{e['encoder']} (features)" for e in features})
+        what = "views or features" if features else "views"
+        return f"No cached {what} of {name!r}. Cached: {', '.join(names) if names else '(nothing)'}."
+    messages = []
+    for directory, picked, kind in ((root, chosen, "view"), (features_root, chosen_features, "feature")):
+        for e in picked:
+            shutil.rmtree(directory / e["entry"], ignore_errors=True)
+        if everything and directory.is_dir():
+            shutil.rmtree(directory, ignore_errors=True)
+        if picked or (everything and kind == "view"):
+            freed = sum(e["bytes"] for e in picked)
+            messages.append(f"Removed {len(picked)} {kind} entr{'y' if len(picked) == 1 else 'ies'} ({_human(freed)}) from {directory}.")
+    return " ".join(messages)
 
 
 # --------------------------------------------------------------------------- diversity and fidelity

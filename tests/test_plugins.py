@@ -386,7 +386,7 @@ def hook_names() -> list[str]:
 
 def test_hookspecs_are_all_known():
     collection = {hook for hook, _ in hookspecs.KINDS.values()}
-    events = {"testbed_run_started", "testbed_evaluation", "testbed_run_finished", "testbed_report_sections"}
+    events = {"testbed_run_started", "testbed_evaluation", "testbed_run_finished", "testbed_run_failed", "testbed_report_sections"}
     assert set(hook_names()) == collection | events
 
 

@@ -1,0 +1,249 @@
+"""The frozen-encoder backbone: a classifier head trained on cached outputs of a frozen encoder.
+
+``backbone.name=frozen backbone.encoder=minilm`` gives the loop a model whose only parameters are
+dropout + Linear(hidden, C). Its input is the pooled last hidden layer of the encoder (any backbone
+name, local path or hub id), computed once per text and kept in memory and on disk, so a grid of
+head-only runs pays for the encoder once. The loop is unchanged: it tokenizes, calls
+``student(**tokens).logits``, deep-copies the student for teachers and optimizes
+``student.parameters()``; the encoder and its features live in a ``FeatureStore`` that is neither a
+parameter nor a submodule and that ``copy.deepcopy`` shares instead of copying.
+
+A feature is a function of the text's token ids alone, bit for bit: rows are keyed by a digest of
+their ids (padding removed) and encoded without padding, in batches of equal length. Padding to
+the longest text of a batch changes a row's output in the last bits (about 5e-7 for MiniLM), which
+would make a run depend on what its cache already held.
+
+Cache: ``$TESTBED_CACHE/features/<pooling>-<weights fingerprint>/`` holds ``meta.json`` and
+``shard-*.npz`` files (``key`` uint64 digests, ``features`` float32 [N, hidden]). A shard is written
+to a temporary file and renamed, so processes filling one entry at once only add complete shards
+of identical features. New features are written when the student comes back from an evaluation,
+when FLUSH_EVERY are pending, and when the model is garbage-collected or the process exits.
+``testbed cache`` lists the entries and ``testbed cache clear ENCODER`` removes them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import uuid
+import warnings
+import weakref
+import zipfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from testbed import Backbone, UserError, hookimpl
+from testbed.resources import cache_dir, refuse_shared_data
+
+POOLINGS = ("mean", "cls")
+ENCODE_BATCH = 64  # rows of one length per encoder call
+FLUSH_EVERY = 16_384  # pending features written without waiting for an evaluation
+COMPACT_AT = 16  # shards in one entry before a reader merges them
+FORMAT = 1
+
+ENCODED = Counter()  # texts run through an encoder in this process, by cache entry name: tests and benchmarks read it
+
+
+@dataclass(frozen=True)
+class FrozenOptions:
+    encoder: str = "minilm"  # the backbone whose encoder is frozen: a registered name, local path or hub id
+    pooling: str = "mean"  # "mean": mean of the last hidden layer over the text's tokens (what sentence-transformers
+    #                         models such as MiniLM were trained for); "cls": the first token's last hidden state
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"backbone.pooling must be one of {', '.join(map(repr, POOLINGS))}, got {self.pooling!r}")
+        if not self.encoder or self.encoder == "frozen":
+            raise ValueError(f"backbone.encoder must name another backbone (e.g. 'minilm'), a local path or a hub id, "
+                             f"got {self.encoder!r}")
+
+
+def token_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[list[int], list[np.ndarray]]:
+    """Each row's token ids without padding, and a 64-bit digest of them (its cache key)."""
+    ids = input_ids.numpy().astype(np.int64, copy=False)
+    keep = np.ones(ids.shape, dtype=bool) if attention_mask is None else attention_mask.numpy().astype(bool)
+    rows = [np.ascontiguousarray(row[mask]) for row, mask in zip(ids, keep)]
+    keys = [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little") for row in rows]
+    return keys, rows
+
+
+def weights_fingerprint(encoder: nn.Module) -> str:
+    """sha256 over the encoder's class and every state_dict tensor (name, dtype, shape, bytes):
+    the randomly initialised ``tiny`` differs per seed, so a name would not identify the weights."""
+    digest = hashlib.sha256(type(encoder).__name__.encode())
+    for name, tensor in encoder.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+class FeatureStore:
+    """Pooled encoder outputs by token-id digest: in memory, backed by one cache entry on disk."""
+
+    def __init__(self, encoder: nn.Module, pooling: str, name: str, root: Path | None):
+        self.encoder, self.pooling = encoder.requires_grad_(False).eval(), pooling
+        self.hidden = encoder.config.hidden_size
+        fingerprint = weights_fingerprint(encoder)
+        self.meta = {"format": FORMAT, "encoder": name, "encoder_class": type(encoder).__name__, "pooling": pooling,
+                     "hidden": self.hidden, "fingerprint": fingerprint}
+        self.entry = f"{pooling}-{fingerprint[:24]}"  # one cache entry per (weights, pooling)
+        self.dir = None if root is None else root / self.entry
+        self.table: dict[int, np.ndarray] = self._load()
+        self.pending: dict[int, np.ndarray] = {}
+        self.owner = None  # weakref to the student built on this store; set by FrozenEncoderClassifier
+
+    def __deepcopy__(self, memo):
+        return self  # teachers' copies of the model share the encoder and the features
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        keys, rows = token_keys(input_ids, attention_mask)
+        missing = {key: row for key, row in zip(keys, rows) if key not in self.table}
+        if missing:
+            self._encode(missing)
+        return torch.from_numpy(np.stack([self.table[key] for key in keys]))
+
+    @torch.no_grad()
+    def _encode(self, missing: dict[int, np.ndarray]) -> None:
+        by_length = defaultdict(list)  # equal lengths need no padding, so a row's output never depends on its batch
+        for key, row in missing.items():
+            by_length[len(row)].append((key, row))
+        for _, items in sorted(by_length.items()):
+            for start in range(0, len(items), ENCODE_BATCH):
+                chunk = items[start : start + ENCODE_BATCH]
+                ids = torch.from_numpy(np.stack([row for _, row in chunk]))
+                hidden = self.encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+                pooled = (hidden.mean(1) if self.pooling == "mean" else hidden[:, 0]).float().numpy()
+                for (key, _), feature in zip(chunk, pooled):
+                    self.table[key] = self.pending[key] = feature
+        ENCODED[self.entry] += len(missing)
+        if len(self.pending) >= FLUSH_EVERY:
+            self.flush()
+
+    # ------------------------------------------------------------------ disk
+
+    def _load(self) -> dict[int, np.ndarray]:
+        table: dict[int, np.ndarray] = {}
+        if self.dir is None:
+            return table
+        loaded = []
+        for path in sorted(self.dir.glob("shard-*.npz")):
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    keys, features = z["key"], z["features"]
+            except FileNotFoundError:
+                continue  # merged away by another process meanwhile; recomputed if needed, identically
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+                warnings.warn(f"Skipping unreadable feature-cache shard {path}: {exc}", stacklevel=2)
+                continue
+            if features.shape[1:] != (self.hidden,) or len(keys) != len(features):
+                warnings.warn(f"Skipping feature-cache shard {path}: shape {features.shape}, expected [N, {self.hidden}]",
+                              stacklevel=2)
+                continue
+            table.update(zip(keys.tolist(), features))
+            loaded.append(path)
+        if len(loaded) >= COMPACT_AT:
+            self._compact(table, loaded)
+        return table
+
+    def flush(self) -> None:
+        """Write the pending features as one new shard. A failed write costs the cache, never the run."""
+        if not self.pending or self.dir is None:
+            self.pending = {}
+            return
+        pending, self.pending = self.pending, {}
+        try:
+            self._write(list(pending), np.stack(list(pending.values())))
+        except OSError as exc:
+            warnings.warn(f"Could not write the feature cache {self.dir}: {exc}", stacklevel=2)
+
+    def _write(self, keys: list[int], features: np.ndarray) -> None:
+        from testbed.runs import atomic_write  # temporary file + rename
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta = self.dir / "meta.json"
+        if not meta.is_file():
+            atomic_write(meta, lambda h: h.write(json.dumps(self.meta, indent=2, sort_keys=True).encode()))
+        keys_array = np.asarray(keys, dtype=np.uint64)
+        atomic_write(self.dir / f"shard-{uuid.uuid4().hex[:16]}.npz",
+                     lambda h: np.savez(h, key=keys_array, features=features))
+
+    def _compact(self, table: dict[int, np.ndarray], shards: list[Path]) -> None:
+        """Merge ``shards`` into one; one process at a time (the others skip)."""
+        with open(self.dir / ".lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            self._write(list(table), np.stack(list(table.values())))
+            for path in shards:
+                path.unlink(missing_ok=True)
+
+
+class FrozenOutput:
+    """What the loop reads from a model call: ``.logits``."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+
+
+class FrozenEncoderClassifier(nn.Module):
+    """dropout(0.1) + Linear(hidden, num_labels) on the store's features; the head is all it trains."""
+
+    def __init__(self, store: FeatureStore, num_labels: int):
+        super().__init__()
+        self.store = store  # a plain attribute: not a submodule, so no parameters and no state_dict entries
+        if store.owner is None:
+            store.owner = weakref.ref(self)
+        self.dropout = nn.Dropout(0.1)
+        self.classifier = nn.Linear(store.hidden, num_labels)
+
+    def forward(self, input_ids, attention_mask=None, **ignored) -> FrozenOutput:
+        return FrozenOutput(self.classifier(self.dropout(self.store.features(input_ids, attention_mask))))
+
+    def train(self, mode: bool = True):
+        # The student back from eval mode: an evaluation (``predict``) just ended, so persist what the run
+        # computed since the last one. Teachers' copies (MC-dropout passes switch them every step) never
+        # write; a `self` teacher without dropout toggles the student itself, so it writes a small shard a step.
+        if mode and not self.training and self.store.owner() is self:
+            self.store.flush()
+        return super().train(mode)
+
+
+_registry: list = []
+
+
+def load_encoder(name: str, num_labels: int):
+    """(sequence classifier, tokenizer) of any backbone name, local path or hub id, as the loop loads them."""
+    from testbed.loop import backbone_loader
+    from testbed.plugins import load_plugins
+
+    if not _registry:
+        _registry.append(load_plugins())
+    try:
+        return backbone_loader(_registry[0], num_labels)(name)
+    except UserError as exc:
+        raise UserError(f"backbone.encoder={name!r}: {exc}") from None
+
+
+def frozen(options: FrozenOptions, num_labels: int):
+    root = cache_dir() / "features"
+    refuse_shared_data(root, "The feature cache directory", "Point $TESTBED_CACHE somewhere else.")
+    model, tokenizer = load_encoder(options.encoder, num_labels)  # a random `tiny` draws from the run's seed
+    store = FeatureStore(model.base_model, options.pooling, options.encoder, root)
+    head = FrozenEncoderClassifier(store, num_labels)  # from the torch seed the loop set: same seed, same head
+    weakref.finalize(head, store.flush)  # the last features, when the run's model goes away or the process exits
+    return head, tokenizer
+
+
+@hookimpl
+def testbed_backbones():
+    return [Backbone(name="frozen", summary="a classifier head on cached outputs of a frozen encoder (backbone.encoder); "
+                     "give it a head-sized train.lr, about 1e-3",
+                     factory=frozen, options=FrozenOptions)]

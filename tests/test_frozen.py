@@ -1,0 +1,301 @@
+"""The frozen-encoder backbone (plugins/frozen.py): only the head trains, features depend on a
+text's token ids alone, and the feature cache makes warm runs identical to cold ones."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import FAST, TIME_FIELDS, read_jsonl
+from testbed import TextBatch, resources
+from testbed.cli import main
+from testbed.config import parse_overrides, resolve
+from testbed.errors import UserError
+from testbed.loop import prepare, train
+from testbed.model import tokenize
+from testbed.runs import execute
+from testbed_plugins import frozen as frozen_plugin
+
+# FAST's data and loop settings; the encoder is `tiny` with its default size (its own options are
+# not keys of the frozen backbone). A head-sized learning rate, so the head visibly moves.
+FROZEN = [*(o for o in FAST if not o.startswith("backbone.")), "backbone.name=frozen", "backbone.encoder=tiny",
+          "backbone.max_length=32", "train.lr=1e-2"]
+# Fields of result.json that measure time or the machine, so differ between identical runs.
+UNTIMED_RESULT = {"wall_seconds", "train_seconds", "eval_seconds", "augment_seconds", "started_at", "finished_at", "machine"}
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty cache for every test."""
+    monkeypatch.setenv(resources.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def config(registry, *extra):
+    return resolve(parse_overrides([*FROZEN, *extra]), registry)
+
+
+def numbers(run_dir: Path) -> tuple[dict, list[dict], dict]:
+    """result.json, metrics.jsonl and predictions.npz of a run, without the fields that measure time."""
+    result = json.loads((run_dir / "result.json").read_text())
+    metrics = [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in read_jsonl(run_dir / "metrics.jsonl")]
+    with np.load(run_dir / "predictions.npz") as z:
+        predictions = {k: z[k].tolist() for k in z.files}
+    return {k: v for k, v in result.items() if k not in UNTIMED_RESULT}, metrics, predictions
+
+
+def shards(cache_dir: Path) -> set[str]:
+    return {str(p.relative_to(cache_dir)) for p in (cache_dir / "features").glob("*/shard-*.npz")}
+
+
+# --------------------------------------------------------------------------- what trains
+
+
+def test_only_the_head_trains_and_teachers_share_the_encoder(registry, monkeypatch):
+    optimized = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def __init__(self, params, **kwargs):
+            params = list(params)
+            optimized.append(params)
+            super().__init__(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    cfg = config(registry, "method=fixmatch", "selector.threshold=0.0")
+    parts = prepare(cfg, registry)
+    student, store = parts.student, parts.student.store
+    assert [name for name, _ in student.named_parameters()] == ["classifier.weight", "classifier.bias"]
+    assert set(student.state_dict()) == {"classifier.weight", "classifier.bias"}
+    encoder_before = {k: v.clone() for k, v in store.encoder.state_dict().items()}
+    head_before = student.classifier.weight.detach().clone()
+
+    train(cfg, parts, progress=False)
+
+    (params,) = optimized
+    assert [tuple(p.shape) for p in params] == [(6, 128), (6,)]  # TREC's 6 classes on tiny's 128 hidden units
+    assert all(p is q for p, q in zip(params, student.parameters()))
+    assert not torch.equal(head_before, student.classifier.weight)  # the head trained ...
+    after = store.encoder.state_dict()
+    assert all(torch.equal(encoder_before[k], after[k]) for k in encoder_before)  # ... the encoder did not
+    assert not any(p.requires_grad for p in store.encoder.parameters()) and not store.encoder.training
+
+    twin = copy.deepcopy(student)  # what EMA and snapshot teachers do
+    assert twin.store is store and twin.store.encoder is store.encoder
+    assert twin.classifier.weight is not student.classifier.weight
+    assert torch.equal(twin.classifier.weight, student.classifier.weight)
+
+
+def test_the_same_seed_gives_the_same_head_and_another_seed_another_encoder_entry(registry):
+    heads, entries = [], []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)  # as the loop does before building the backbone
+        model, _ = frozen_plugin.frozen(frozen_plugin.FrozenOptions(encoder="tiny"), 3)
+        heads.append(model.classifier.weight.detach().clone())
+        entries.append(model.store.entry)
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
+    # `tiny` is random per seed: its weights, not its name, pick the cache entry
+    assert entries[0] == entries[1] != entries[2]
+
+
+# --------------------------------------------------------------------------- features
+
+
+def test_a_texts_features_do_not_depend_on_its_batch(registry):
+    short = "What is the capital of France ?"
+    longer = ["How far is it from Denver to Aspen , and how long does the drive take in winter ?",
+              "Who wrote the novel that the film with the longest title in history was based on ?"]
+    stores, models = [], []
+    for _ in range(2):  # two stores with the same weights and empty memories: each computes on its own
+        torch.manual_seed(0)
+        model, tokenizer = frozen_plugin.frozen(frozen_plugin.FrozenOptions(encoder="tiny"), 3)
+        stores.append(model.store)
+        models.append(model)
+    alone_tokens = tokenize(tokenizer, [short], 32)
+    batch_tokens = tokenize(tokenizer, [longer[0], short, longer[1]], 32)  # `short` padded to the longest
+    assert batch_tokens["attention_mask"][1].sum() < batch_tokens["input_ids"].shape[1]
+
+    alone = stores[0].features(alone_tokens["input_ids"], alone_tokens["attention_mask"])[0]
+    batched = stores[1].features(batch_tokens["input_ids"], batch_tokens["attention_mask"])[1]
+    assert torch.equal(alone, batched)  # bit for bit
+    assert frozen_plugin.token_keys(alone_tokens["input_ids"], alone_tokens["attention_mask"])[0][0] == \
+        frozen_plugin.token_keys(batch_tokens["input_ids"], batch_tokens["attention_mask"])[0][1]
+
+    # mean pooling is the mean of the last hidden layer over the text's own tokens
+    with torch.no_grad():
+        hidden = stores[0].encoder(input_ids=alone_tokens["input_ids"]).last_hidden_state[0]
+    assert torch.allclose(alone, hidden.mean(0), atol=1e-6)
+    models[0].eval()
+    with torch.no_grad():  # the model's logits are the head on those features
+        logits = models[0](**batch_tokens).logits
+    assert torch.allclose(logits[1], models[0].classifier(alone), atol=1e-6)
+
+
+def test_cls_pooling_is_the_first_tokens_state(registry):
+    torch.manual_seed(0)
+    model, tokenizer = frozen_plugin.frozen(frozen_plugin.FrozenOptions(encoder="tiny", pooling="cls"), 3)
+    tokens = tokenize(tokenizer, ["a short question ?"], 32)
+    with torch.no_grad():
+        hidden = model.store.encoder(input_ids=tokens["input_ids"]).last_hidden_state[0]
+    assert torch.equal(model.store.features(tokens["input_ids"], tokens["attention_mask"])[0], hidden[0])
+    assert model.store.entry.startswith("cls-")
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def test_warm_cache_runs_read_features_and_match_the_cold_run(registry, tmp_path, cache_dir):
+    cfg = config(registry, "method=fixmatch", "selector.threshold=0.3")
+    cold_dir, _, _ = execute(cfg, registry, tmp_path / "cold", progress=False)
+    (entry,) = (cache_dir / "features").iterdir()
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["encoder"] == "tiny" and meta["pooling"] == "mean" and meta["hidden"] == 128
+    assert entry.name == f"mean-{meta['fingerprint'][:24]}"
+    computed = frozen_plugin.ENCODED[entry.name]
+    on_disk = shards(cache_dir)
+    assert computed > 0 and on_disk
+
+    warm_dir, _, _ = execute(cfg, registry, tmp_path / "warm", progress=False)  # a new model, reading the cache
+    assert frozen_plugin.ENCODED[entry.name] == computed  # nothing encoded again
+    assert shards(cache_dir) == on_disk  # nothing new to write
+    assert numbers(warm_dir) == numbers(cold_dir)
+
+    # a second process reads the entry too: it writes no shard (it computed nothing) and gets the same numbers
+    overrides = [*FROZEN, "method=fixmatch", "selector.threshold=0.3"]
+    env = {**os.environ, resources.CACHE_ENV: str(cache_dir), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "testbed.cli", "run", *overrides, "--out", str(tmp_path / "process"),
+                           "--quiet"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert shards(cache_dir) == on_disk
+    assert numbers(tmp_path / "process" / cfg.run_id) == numbers(cold_dir)
+
+
+def test_a_partly_warm_cache_gives_the_numbers_of_a_cold_one(registry, tmp_path, cache_dir, monkeypatch):
+    """A longer run on the features of a shorter one (its other texts computed in other batches)
+    equals the same run on an empty cache, with evaluation batches of another size too."""
+    cfg = config(registry, "method=fixmatch", "selector.threshold=0.3")
+    cold_dir, _, _ = execute(cfg, registry, tmp_path / "cold", progress=False)
+    monkeypatch.setenv(resources.CACHE_ENV, str(tmp_path / "other-cache"))
+    execute(config(registry, "method=fixmatch", "selector.threshold=0.3", "train.steps=2", "train.eval_every=2",
+                   "train.eval_batch_size=7"), registry, tmp_path / "short", progress=False)
+    partly_dir, _, _ = execute(cfg, registry, tmp_path / "partly", progress=False)
+    assert numbers(partly_dir) == numbers(cold_dir)
+
+
+def test_features_are_written_when_the_student_returns_from_an_evaluation(registry):
+    cfg = config(registry, "method=fixmatch")
+    parts = prepare(cfg, registry)
+    student, store = parts.student, parts.student.store
+    tokens = tokenize(parts.tokenizer, parts.split.pool_texts[:5], 32)
+    student(**tokens)  # training mode: computed, kept in memory, not yet on disk
+    assert len(store.pending) == 5 and not list(store.dir.glob("shard-*.npz"))
+    copy.deepcopy(student).eval().train()  # a teacher's copy changing modes writes nothing
+    assert len(store.pending) == 5
+    student.eval()
+    student.train()  # back from an evaluation
+    assert not store.pending and len(list(store.dir.glob("shard-*.npz"))) == 1
+    reread = frozen_plugin.FeatureStore(store.encoder, "mean", "tiny", store.dir.parent)
+    assert set(reread.table) == set(store.table)
+    assert all(np.array_equal(reread.table[k], store.table[k]) for k in store.table)
+
+
+def test_many_shards_are_merged_on_reading(registry, monkeypatch):
+    torch.manual_seed(0)
+    model, tokenizer = frozen_plugin.frozen(frozen_plugin.FrozenOptions(encoder="tiny"), 3)
+    store, texts = model.store, [f"question number {i} ?" for i in range(frozen_plugin.COMPACT_AT)]
+    for text in texts:  # one shard per text
+        store.features(**{k: v for k, v in tokenize(tokenizer, [text], 32).items() if k != "token_type_ids"})
+        store.flush()
+    assert len(list(store.dir.glob("shard-*.npz"))) == frozen_plugin.COMPACT_AT
+    reread = frozen_plugin.FeatureStore(store.encoder, "mean", "tiny", store.dir.parent)
+    assert len(list(store.dir.glob("shard-*.npz"))) == 1 and len(reread.table) == len(texts)
+    assert all(np.array_equal(reread.table[k], store.table[k]) for k in store.table)
+
+
+def test_testbed_cache_lists_and_clears_feature_entries(registry, tmp_path, cache_dir):
+    execute(config(registry, "method=supervised"), registry, tmp_path / "runs", progress=False)
+    runner = CliRunner()
+    listing = runner.invoke(main, ["cache"])
+    assert listing.exit_code == 0, listing.output
+    assert "1 feature entry" in listing.output
+    line = next(line for line in listing.output.splitlines() if line.strip().startswith("tiny"))
+    assert line.split()[1:3] == ["mean", "128"]
+    (entry,) = json.loads(runner.invoke(main, ["cache", "--json"]).output)["feature_entries"]
+    assert entry["encoder"] == "tiny" and entry["texts"] > 0 and entry["bytes"] > 0
+
+    assert "No cached views or features of 'minilm'. Cached: tiny (features)." in runner.invoke(main, ["cache", "clear", "minilm"]).output
+    cleared = runner.invoke(main, ["cache", "clear", "tiny"])
+    assert cleared.exit_code == 0 and "Removed 1 feature entry" in cleared.output
+    assert not list((cache_dir / "features").iterdir())
+    execute(config(registry, "method=supervised", "seed=1"), registry, tmp_path / "runs", progress=False)
+    assert "Removed 1 feature entry" in runner.invoke(main, ["cache", "clear", "--all"]).output
+    assert not (cache_dir / "features").exists()
+
+
+def test_the_cache_is_never_inside_the_shared_data(registry, data_root, monkeypatch):
+    monkeypatch.setenv(resources.CACHE_ENV, str(data_root / "cache"))
+    with pytest.raises(UserError, match="inside the shared data directory"):
+        frozen_plugin.frozen(frozen_plugin.FrozenOptions(encoder="tiny"), 3)
+
+
+# --------------------------------------------------------------------------- teachers and selectors
+
+
+def test_an_ema_teacher_averages_its_own_head_on_the_shared_encoder(registry):
+    cfg = config(registry, "method=meanteacher")
+    parts = prepare(cfg, registry)
+    teacher, student = parts.teacher.model, parts.student
+    assert teacher.store is student.store
+    assert [name for name, _ in teacher.named_parameters()] == ["classifier.weight", "classifier.bias"]
+    before = teacher.classifier.weight.detach().clone()
+    result = train(cfg, parts, progress=False)
+    assert not torch.equal(before, teacher.classifier.weight)  # the EMA moved ...
+    assert not torch.equal(teacher.classifier.weight, student.classifier.weight)  # ... behind the student
+    assert result["steps"] == 6 and result["mask_rate"] == 1.0  # Mean Teacher's `none` selector keeps everything
+
+
+def test_mc_dropout_passes_differ_and_the_uncertainty_selector_runs(registry):
+    cfg = config(registry, "method=fixmatch", "selector.name=uncertainty", "selector.passes=3", "selector.threshold=0.0",
+                 "selector.max_uncertainty=1.0")
+    parts = prepare(cfg, registry)
+    batch = TextBatch(parts.split.pool_texts[:16], lambda texts: tokenize(parts.tokenizer, texts, 32))
+    first, second = (parts.teacher.probs(batch, stochastic=True) for _ in range(2))
+    assert not torch.equal(first, second)  # dropout in the head makes the passes differ
+    result = train(cfg, parts, progress=False)
+    assert result["mask_rate"] == 1.0  # τ = 0, κ = 1: every pseudo-label selected, through K passes
+
+
+# --------------------------------------------------------------------------- options and registration
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("backbone.pooling=max", r"backbone\.pooling must be one of 'mean', 'cls', got 'max'"),
+    ("backbone.encoder=frozen", r"backbone\.encoder must name another backbone"),
+    ("backbone.encoder=", r"backbone\.encoder must name another backbone"),
+    ("backbone.layers=1", r"Unknown config key 'backbone\.layers'"),
+])
+def test_bad_options_name_the_key_and_the_allowed_values(registry, override, message):
+    with pytest.raises(UserError, match=message):
+        config(registry, override)
+
+
+def test_an_unknown_encoder_stops_before_the_run(registry, tmp_path):
+    with pytest.raises(UserError, match="backbone.encoder='minlm': Unknown backbone 'minlm'. Did you mean 'minilm'"):
+        execute(config(registry, "backbone.encoder=minlm"), registry, tmp_path / "runs", progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_testbed_plugins_lists_frozen():
+    result = CliRunner().invoke(main, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    by_name = {row["name"]: row for row in json.loads(result.stdout)}
+    assert by_name["frozen"]["provides"] == {"backbone": ["frozen"]}
+    assert "entry point of testbed" in by_name["frozen"]["source"]
