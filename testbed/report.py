@@ -237,7 +237,7 @@ class Builder:
         bad = self.frame[self.frame.status != "done"]
         if len(bad):
             table = bad[["runs_dir", "run_id", "status", "group", "cell", "seed" if "seed" in bad else "run_id", "error"]].copy()
-            table["error"] = table["error"].map(lambda e: "–" if e is None or (isinstance(e, float) and math.isnan(e)) else str(e)[:160])
+            table["error"] = table["error"].map(lambda e: "–" if e is None or (isinstance(e, float) and math.isnan(e)) else str(e)[:300])
             blocks += [f"{len(bad)} of {len(self.frame)} runs are not finished and are left out of every statistic below:",
                        table.rename(columns={"runs_dir": "runs directory", "run_id": "run"})]
         else:

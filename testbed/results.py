@@ -29,6 +29,20 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def _damaged(run_dir: Path) -> str | None:
+    """Why a run's config.json or result.json cannot be read, if one exists but cannot be."""
+    for name in ("config.json", "result.json"):
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        try:
+            if not isinstance(json.loads(path.read_text(encoding="utf-8")), dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            return f"unreadable {name} ({type(exc).__name__}: {exc}), not as testbed writes it: delete {run_dir} to rerun"
+    return None
+
+
 def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
     out: dict[str, Any] = {}
@@ -54,8 +68,10 @@ def scan_runs(out_dir: str | Path) -> list[dict]:
         if config is None and not RUN_ID.fullmatch(run_dir.name):
             continue  # not a run directory (mlruns/, a tracker's or the user's own)
         error = _read_json(run_dir / "error.json") or {}
-        runs.append({"run_id": run_dir.name, "status": run_status(out, run_dir.name), "config": config or {},
-                     "result": _read_json(run_dir / "result.json") or {}, "error": error.get("error")})
+        damage = _damaged(run_dir)
+        runs.append({"run_id": run_dir.name, "status": "damaged" if damage else run_status(out, run_dir.name),
+                     "config": config or {}, "result": _read_json(run_dir / "result.json") or {},
+                     "error": damage or error.get("error")})
     return runs
 
 
@@ -86,6 +102,10 @@ def load_results(out_dir: str | Path, all_columns: bool = False):
         row["error"] = run["error"]
         rows.append(row)
     frame = pd.DataFrame(rows, columns=["run_id", "status", *keys, *METRICS, "error"])
+    for key in keys:  # integers stay integers beside a run that lacks the key (pandas would make them 10.0)
+        values = [row[key] for row in rows if row[key] is not None]
+        if values and len(values) < len(rows) and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            frame[key] = pd.array([row[key] for row in rows], dtype="Int64")
     for metric in METRICS:
         frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
     if keys and len(frame):

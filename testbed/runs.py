@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 
 from testbed import __version__
 from testbed.config import RunConfig
+from testbed.errors import UserError
 from testbed.loop import prepare, train
 from testbed.resources import git_commit, refuse_shared_data
 
@@ -70,7 +71,13 @@ def atomic_write_npz(path: Path, arrays: dict) -> None:
 
 def read_result(run_dir: Path) -> dict | None:
     path = run_dir / "result.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); testbed writes it atomically, so something else changed "
+                        f"it. Delete {run_dir} to rerun the run, or pass --force.") from None
 
 
 LOCKS_DIR = ".locks"
@@ -153,8 +160,8 @@ def execute(cfg: RunConfig, registry, out_dir: str | Path, force: bool = False, 
     when a finished result already existed and was returned as it is."""
     refuse_shared_data(out_dir, "The runs directory", "Pass --out somewhere else, e.g. runs.")
     run_dir = Path(out_dir) / cfg.run_id
-    existing = read_result(run_dir)
-    if existing is not None and not force:
+    existing = None if force else read_result(run_dir)
+    if existing is not None:
         return run_dir, existing, False
     parts = prepare(cfg, registry)  # user errors stop here, before anything is written
 

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from conftest import FAST, TIME_FIELDS, read_jsonl
 from testbed.cli import main
+from testbed.errors import UserError
 from testbed.config import parse_overrides, resolve, run_id
 from testbed.plugins import load_plugins
 from testbed.runs import execute
@@ -145,6 +146,18 @@ def test_unfinished_run_starts_from_a_clean_directory(registry, tmp_path):
     assert not (stale / "leftover.txt").exists()
     assert [m["step"] for m in read_jsonl(stale / "metrics.jsonl")] == [2, 4]
     assert json.loads((stale / "result.json").read_text()) == json.loads(json.dumps(result))
+
+
+def test_a_damaged_result_is_an_error_naming_the_fix_and_force_reruns(fixmatch_run, tmp_path, registry):
+    out, run_dir, _ = fixmatch_run
+    copy = tmp_path / "runs"
+    shutil.copytree(out, copy)
+    (copy / run_dir.name / "result.json").write_text("{")
+    cfg = resolve(parse_overrides(FIXMATCH[1:]), registry)
+    with pytest.raises(UserError, match=f"result.json is not valid JSON .* Delete {copy / run_dir.name} to rerun"):
+        execute(cfg, registry, copy, progress=False)
+    _, result, ran = execute(cfg, registry, copy, force=True, progress=False)
+    assert ran and json.loads((copy / run_dir.name / "result.json").read_text())["test_accuracy"] == result["test_accuracy"]
 
 
 def test_crashing_run_leaves_error_json_and_no_result(tmp_path):

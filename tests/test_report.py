@@ -328,6 +328,19 @@ def test_cells_are_named_by_the_varied_choices_not_the_options_that_come_with_th
     assert "method=fixmatch, augmentation.strong=drop_swap, augmentation.strong.p_delete=0.3" in set(frame.cell)
 
 
+def test_damaged_run_files_are_listed_with_the_fix_not_counted(synthetic, tmp_path):
+    (synthetic / "000000000000" / "result.json").write_text('{"test_accuracy": 0.5,')  # cut short by hand
+    (synthetic / "000000000001" / "config.json").write_text("garbage")
+    render_report([synthetic], tmp_path / "r")
+    md = (tmp_path / "r" / "index.md").read_text()
+    runs = md[md.index("## Runs"):md.index("## Leaderboard")]
+    assert "| 000000000000 | damaged | trec · 10 labels/class | supervised | 0 | unreadable result.json (JSONDecodeError" in runs
+    assert f"delete {synthetic / '000000000000'} to rerun" in runs
+    assert "| 000000000001 | damaged |" in runs and "unreadable config.json" in runs
+    rows = {(r["cell"], r["checkpoint"], r["metric"]): r for r in _csv(tmp_path / "r" / "summary.csv")}
+    assert int(rows[("supervised", "last", "accuracy")]["n_seeds"]) == 3  # not counted
+
+
 def test_group_by_and_unknown_key(synthetic, tmp_path):
     result = CliRunner().invoke(main, ["report", str(synthetic), "-o", str(tmp_path / "r"), "--group-by", "nope"])
     assert result.exit_code == 1 and "--group-by 'nope'" in result.output
