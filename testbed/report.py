@@ -450,6 +450,10 @@ class Builder:
                 never = [c for c, (_, m) in mask.items() if len(m) and np.all(m >= 0.999)]
                 if never:
                     blocks.append(f"Selected every pseudo-label at every evaluation (the selector never engaged): {', '.join(never)}.")
+                idle = [c for c, (_, m) in mask.items() if len(m) and np.all(m < 0.01)]
+                if idle:
+                    blocks.append("Selected under 1% of pseudo-labels at every evaluation (the unlabeled loss hardly "
+                                  f"acted; close to supervised training): {', '.join(idle)}.")
             blocks += self._thresholds(group, gi)
             blocks += self._pseudo_label_classes(group)
         return ReportSection(name="dynamics", title="Training dynamics", blocks=tuple(blocks), order=50)

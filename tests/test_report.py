@@ -157,6 +157,7 @@ def test_synthetic_report_verdicts_missing_runs_html_and_determinism(synthetic, 
     assert "deadbeef0000" in md and "failed" in md and "RuntimeError: boom" in md  # the failed run is listed
     assert "| trec · 10 labels/class | uda | 0 | 1, 2, 3 |" in md  # seeds missing from a cell are listed
     assert "never engaged" in md  # mask rate 1.0 all along
+    assert "Selected under 1% of pseudo-labels" not in md
     assert "thresholds-0-0.png" in md
     assert "| cell | neg | pos |" in md and "| fixmatch | 0.80 / 0.67 | 0.60 / 0.50 |" in md  # per class, by name
     # the HTML parses and every image it references exists
@@ -339,6 +340,19 @@ def test_damaged_run_files_are_listed_with_the_fix_not_counted(synthetic, tmp_pa
     assert "| 000000000001 | damaged |" in runs and "unreadable config.json" in runs
     rows = {(r["cell"], r["checkpoint"], r["metric"]): r for r in _csv(tmp_path / "r" / "summary.csv")}
     assert int(rows[("supervised", "last", "accuracy")]["n_seeds"]) == 3  # not counted
+
+
+def test_a_selector_that_never_selects_is_called_out(tmp_path):
+    out = tmp_path / "runs"
+    for seed in range(2):
+        fake_run(out, f"a{seed:011x}", "supervised", seed, 0.7)
+        fake_run(out, f"b{seed:011x}", "fixmatch", seed, 0.7)
+    for path in out.glob("b*/metrics.jsonl"):  # tau never reached: nothing selected
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({**r, "mask_rate": 0.0}) + "\n" for r in records))
+    render_report([out], tmp_path / "r")
+    md = (tmp_path / "r" / "index.md").read_text()
+    assert "Selected under 1% of pseudo-labels at every evaluation (the unlabeled loss hardly acted; close to supervised training): fixmatch." in md
 
 
 def test_group_by_and_unknown_key(synthetic, tmp_path):
