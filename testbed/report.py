@@ -333,8 +333,8 @@ class Builder:
         blocks: list = [f"Each cell against the baseline **{self.baseline}**, on test accuracy. {PAIRED_RULE}"]
         missing = [g for g in self.groups if self.baseline_cell(g) is None]
         if missing:
-            blocks.append(f"No baseline runs (`method = {self.baseline}`, or a cell of that name) in: {', '.join(missing)}; "
-                          "choose another with `--baseline`.")
+            blocks.append(f"No baseline runs (`method = {self.baseline}`, or a cell of that name) in: {'; '.join(missing)}. "
+                          "Choose another with `--baseline`.")
         for group in self.groups:
             for checkpoint in CHECKPOINTS:
                 family = [r for r in rows if r["group"] == group and r["checkpoint"] == checkpoint]
@@ -374,7 +374,7 @@ class Builder:
         blocks.append(f"Blocks: {ranking.blocks} {kind}; in each block the cells are ranked by mean test accuracy (last "
                       "checkpoint; 1 = best, ties share the average rank).")
         if dropped:
-            blocks.append(f"Left out (no result in every block): {', '.join(dropped)}.")
+            blocks.append(f"Left out (no result in every block): {'; '.join(dropped)}.")
         blocks.append(pd.DataFrame([{"cell": ranking.names[i], "average rank": f"{ranking.average_ranks[i]:.2f}"} for i in order]))
         if ranking.statistic is None:
             blocks.append("Friedman test: needs ≥ 3 cells and ≥ 2 blocks.")
@@ -449,11 +449,11 @@ class Builder:
                     caption=f"{group}: pseudo-label quantity vs quality over training"))
                 never = [c for c, (_, m) in mask.items() if len(m) and np.all(m >= 0.999)]
                 if never:
-                    blocks.append(f"Selected every pseudo-label at every evaluation (the selector never engaged): {', '.join(never)}.")
+                    blocks.append(f"Selected every pseudo-label at every evaluation (the selector never engaged): {'; '.join(never)}.")
                 idle = [c for c, (_, m) in mask.items() if len(m) and np.all(m < 0.01)]
                 if idle:
                     blocks.append("Selected under 1% of pseudo-labels at every evaluation (the unlabeled loss hardly "
-                                  f"acted; close to supervised training): {', '.join(idle)}.")
+                                  f"acted; close to supervised training): {'; '.join(idle)}.")
             blocks += self._thresholds(group, gi)
             blocks += self._pseudo_label_classes(group)
         return ReportSection(name="dynamics", title="Training dynamics", blocks=tuple(blocks), order=50)
