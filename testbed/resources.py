@@ -116,15 +116,16 @@ def glove_dir() -> Path:
 
 
 def git_commit() -> str | None:
-    """The commit of the testbed checkout that is running, "+dirty" if tracked files differ from
-    it; None when testbed is not installed from a git checkout (or git is missing)."""
-    here = Path(__file__).parent
+    """The commit of the testbed checkout that is running, "+dirty" if its code (testbed/,
+    plugins/, pyproject.toml; not reports or data) differs from it; None when testbed is not
+    installed from a git checkout (or git is missing)."""
+    checkout = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, timeout=10)
         if head.returncode != 0 or not head.stdout.strip():
             return None
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "testbed", "plugins",
+                                 "pyproject.toml"], cwd=checkout, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
