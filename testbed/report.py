@@ -126,11 +126,16 @@ def load_report_table(runs_dirs: Sequence[str | Path], group_by: Sequence[str] =
         if key not in frame.columns:
             frame[key] = None
     frame["group"] = [f"{_show(r[0])} · {_show(r[1])} labels/class" for r in zip(frame[GROUP_KEYS[0]], frame[GROUP_KEYS[1]])]
-    if cell_keys == ["method"]:
-        frame["cell"] = frame["method"].map(_show)
-    else:
-        frame["cell"] = [", ".join(f"{_short(k)}={_show(v)}" for k, v in zip(cell_keys, values)) or "(all runs)"
-                         for values in zip(*(frame[k] for k in cell_keys))] if cell_keys else "(all runs)"
+    # a cell's name leaves out keys its method fixes (supervised's strong augmentation, when the
+    # others vary it): they say nothing about that method's cells
+    varies_within = {}
+    if "method" in cell_keys and not group_by:
+        by_method = frame.groupby(frame["method"].map(_hashable))
+        varies_within = {k: by_method[k].agg(lambda s: len({_hashable(v) for v in s})).to_dict() for k in cell_keys if k != "method"}
+    frame["cell"] = [", ".join(f"{_short(k)}={_show(v)}" if k != "method" or len(cell_keys) > 1 else _show(v)
+                               for k, v in zip(cell_keys, values)
+                               if k not in varies_within or varies_within[k][_hashable(values[0])] > 1) or "(all runs)"
+                     for values in zip(*(frame[k] for k in cell_keys))] if cell_keys else "(all runs)"
     frame.attrs["duplicates"] = duplicates
     return frame, cell_keys
 

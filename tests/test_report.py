@@ -318,12 +318,15 @@ def test_cells_are_named_by_the_varied_choices_not_the_options_that_come_with_th
                 fake_run(out, f"{i}{j}{seed:010x}", method, seed, 0.7 + 0.01 * i + 0.02 * j,
                          extra={"augmentation": {"strong": {"name": strong, **options}},
                                 "selector": {"name": "threshold" if method == "fixmatch" else "freematch"}})
+        fake_run(out, f"s{seed:011x}", "supervised", seed, 0.7, extra={"augmentation": {"strong": {"name": "identity"}},
+                                                                       "selector": {"name": "none"}})
         for k, p in enumerate((0.2, 0.3)):  # an option varied on purpose
             fake_run(more, f"f{k}{seed:010x}", "fixmatch", seed, 0.7,
                      extra={"augmentation": {"strong": {"name": "drop_swap", "p_delete": p}}, "selector": {"name": "threshold"}})
     frame, keys = load_report_table([out])
     assert keys == ["method", "augmentation.strong.name"]
-    assert set(frame.cell) == {f"method={m}, augmentation.strong={a}" for m in ("fixmatch", "freematch") for a in ("eda", "drop_swap")}
+    assert set(frame.cell) == {f"method={m}, augmentation.strong={a}" for m in ("fixmatch", "freematch") for a in ("eda", "drop_swap")
+                               } | {"method=supervised"}  # its preset fixes the strong augmentation: not part of its name
     frame, keys = load_report_table([out, more])  # now p_delete names cells too
     assert keys == ["method", "augmentation.strong.name", "augmentation.strong.p_delete"]
     assert "method=fixmatch, augmentation.strong=drop_swap, augmentation.strong.p_delete=0.3" in set(frame.cell)
