@@ -410,7 +410,7 @@ def run_cell(task: Task) -> dict:
 def _run_cell(task: Task) -> dict:
     started = time.perf_counter()
     from testbed.config import resolve, set_dotted
-    from testbed.runs import atomic_write_json, execute, lock_holder, run_lock
+    from testbed.runs import atomic_write_json, execute, lock_holder, run_lock, run_status
 
     out, run_dir = Path(task.out_dir), Path(task.out_dir) / task.run_id
     outcome = {"index": task.index, "run_id": task.run_id, "pid": os.getpid()}
@@ -430,7 +430,7 @@ def _run_cell(task: Task) -> dict:
     with run_lock(out, task.run_id) as mine:
         if not mine:
             return {**outcome, "status": "elsewhere", "holder": lock_holder(out, task.run_id)}
-        if not task.force and (run_dir / "result.json").is_file():
+        if not task.force and run_status(out, task.run_id, probe_lock=False) == "done":
             return {**outcome, "status": "done"}
         if not (task.force or task.retry_failed) and (run_dir / "error.json").is_file():
             return {**outcome, "status": "failed-before"}

@@ -139,10 +139,15 @@ def is_locked(out_dir: str | Path, run_id: str) -> bool:
 
 
 def run_status(out_dir: str | Path, run_id: str, probe_lock: bool = True) -> str:
-    """``done`` (result.json), ``running`` (locked by a live process; only with ``probe_lock``),
-    ``failed`` (error.json), ``unfinished`` (interrupted: a directory without either) or ``new``."""
+    """``done`` (result.json), ``damaged`` (a result.json that is not valid JSON), ``running``
+    (locked by a live process; only with ``probe_lock``), ``failed`` (error.json), ``unfinished``
+    (interrupted: a directory without either) or ``new``."""
     run_dir = Path(out_dir) / run_id
     if (run_dir / "result.json").is_file():
+        try:
+            read_result(run_dir)
+        except UserError:
+            return "damaged"
         return "done"
     if probe_lock and is_locked(out_dir, run_id):
         return "running"

@@ -306,6 +306,21 @@ def test_failed_cells_are_recorded_skipped_and_retried(tmp_path):
     assert {"distance.name", "dataset.labels_per_class"} <= set(frame.columns)
 
 
+def test_a_damaged_result_is_not_taken_for_done(tmp_path):
+    out = tmp_path / "runs"
+    args = ["grid", "method=supervised", *BASE, "seed=0,1", "--executor", "serial", "--out", str(out), "--quiet"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    damaged = sorted(results_in(out))[0]
+    (out / damaged / "result.json").write_text('{"test_accuracy": ')  # edited by hand and cut short
+    dry = CliRunner().invoke(main, [*args, "--dry-run"])
+    assert f"{damaged}  damaged" in dry.output, dry.output
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and "2 cells: 0 ran, 1 already done, 1 failed" in again.output
+    assert f"Delete {out / damaged} to rerun the run, or pass --force" in again.output
+    assert CliRunner().invoke(main, [*args, "--force"]).exit_code == 0  # --force reruns it
+    assert json.loads((out / damaged / "result.json").read_text())["run_id"] == damaged
+
+
 def test_a_cell_locked_by_another_process_is_skipped_as_running_elsewhere(tmp_path, registry):
     out = tmp_path / "runs"
     args = ["method=fixmatch", "distance.name=l1,kl", *BASE]
