@@ -101,6 +101,21 @@ def apt_install() -> bool:
     return True
 
 
+def install_directory(final: Path, fill) -> None:
+    """Build ``final`` in a staging directory beside it (``fill(staging)``), then swap it in: an
+    interrupted setup never leaves a half-copied corpus that looks installed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        fill(staging)
+        staging.chmod(0o755)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def wordnet_ready(target: Path) -> bool:
     corpus = target / "corpora" / "wordnet"
     return (corpus / "lexnames").is_file() and all((corpus / name).is_file() for name in WORDNET_NEEDED)
@@ -116,23 +131,15 @@ def setup_wordnet(target: Path) -> bool:
     if source is None:
         say("WordNet data not found (looked in " + ", ".join(WORDNET_SOURCES) + ").")
         return False
-    corpora = target / "corpora"
-    corpora.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".wordnet-", dir=corpora))
-    try:
+    def fill(staging: Path) -> None:
         for path in sorted(source.iterdir()):
             if path.is_file():
                 shutil.copyfile(path, staging / path.name)  # a copy, never a symlink: NLTK refuses those
         if not (staging / "lexnames").is_file():
             (staging / "lexnames").write_text(lexnames_text(), encoding="utf-8")
-        staging.chmod(0o755)
-        final = corpora / "wordnet"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    say(f"copied WordNet from {source} to {corpora / 'wordnet'}")
+
+    install_directory(target / "corpora" / "wordnet", fill)
+    say(f"copied WordNet from {source} to {target / 'corpora' / 'wordnet'}")
     return True
 
 
@@ -179,19 +186,13 @@ def setup_tagger(target: Path) -> bool:
         return False
     with open(source, "rb") as handle:
         weights, tagdict, classes = _PlainUnpickler(handle, encoding="latin1").load()
-    taggers = target / "taggers"
-    taggers.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{TAGGER}-", dir=taggers))
-    try:
+
+    def fill(staging: Path) -> None:
         for part, value in (("weights", weights), ("tagdict", tagdict), ("classes", sorted(classes))):
             (staging / f"{TAGGER}.{part}.json").write_text(json.dumps(value), encoding="utf-8")
-        staging.chmod(0o755)
-        final = taggers / TAGGER
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    taggers = target / "taggers"
+    install_directory(taggers / TAGGER, fill)
     say(f"converted {source} to {taggers / TAGGER}")
     return True
 

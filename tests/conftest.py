@@ -44,6 +44,20 @@ FAST = [
 # Fields of a metrics record that measure time, so differ between identical runs.
 TIME_FIELDS = {"elapsed_seconds"}
 
+# a plugin file whose distance raises at its first unlabeled step (distance.name=explode)
+EXPLODING_DISTANCE = '''
+from testbed import hookimpl, Distance
+
+def explode(options):
+    def distance(logits, targets):
+        raise RuntimeError("boom in the distance")
+    return distance
+
+@hookimpl
+def testbed_distances():
+    return [Distance(name="explode", summary="always fails", factory=explode)]
+'''
+
 
 @pytest.fixture(autouse=True)
 def _clean_plugin_env(monkeypatch):

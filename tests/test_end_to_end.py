@@ -6,13 +6,12 @@ import json
 import os
 import re
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from conftest import FAST, TIME_FIELDS, read_jsonl
+from conftest import EXPLODING_DISTANCE, FAST, TIME_FIELDS, read_jsonl
 from testbed.cli import main
 from testbed.errors import UserError
 from testbed.config import parse_overrides, resolve, run_id
@@ -163,18 +162,7 @@ def test_a_damaged_result_is_an_error_naming_the_fix_and_force_reruns(fixmatch_r
 def test_crashing_run_leaves_error_json_and_no_result(tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "explode.py").write_text(textwrap.dedent('''
-        from testbed import hookimpl, Distance
-
-        def explode(options):
-            def distance(logits, targets):
-                raise RuntimeError("boom in the distance")
-            return distance
-
-        @hookimpl
-        def testbed_distances():
-            return [Distance(name="explode", summary="always fails", factory=explode)]
-    '''))
+    (plugins / "explode.py").write_text(EXPLODING_DISTANCE)
     reg = load_plugins(plugins_dirs=[plugins])
     cfg = resolve(parse_overrides([*FAST, "method=fixmatch", "distance=explode"]), reg)
     with pytest.raises(RuntimeError, match="boom in the distance"):

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from conftest import FAST
+from conftest import EXPLODING_DISTANCE, FAST
 from testbed.cli import main
 from testbed.config import resolve, run_id
 from testbed.grid import cell_config, combinations, expand, load_grid, parse_grid, split_values
@@ -245,26 +245,12 @@ def test_identical_cells_dedupe_with_testbed_run(tmp_path):
     assert "2 cells: 1 ran, 1 already done" in result.output
 
 
-EXPLODE = '''
-from testbed import hookimpl, Distance
-
-def explode(options):
-    def distance(logits, targets):
-        raise RuntimeError("boom in the distance")
-    return distance
-
-@hookimpl
-def testbed_distances():
-    return [Distance(name="explode", summary="always fails", factory=explode)]
-'''
-
-
 def test_failed_cells_are_recorded_skipped_and_retried(tmp_path):
     """On the local process pool: the --plugins-dir reaches the workers, a failing cell leaves its
     error and traceback and the grid carries on; failed cells are rerun only with --retry-failed."""
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "explode.py").write_text(EXPLODE)
+    (plugins / "explode.py").write_text(EXPLODING_DISTANCE)
     out = tmp_path / "runs"
     args = ["--plugins-dir", str(plugins), "grid", "method=fixmatch", *BASE, "distance.name=l1,explode",
             "dataset.labels_per_class=10,5000", "--workers", "2", "--out", str(out), "--quiet"]
