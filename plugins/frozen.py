@@ -8,12 +8,19 @@ head-only runs pays for the encoder once. The loop is unchanged: it tokenizes, c
 ``student.parameters()``; the encoder and its features live in a ``FeatureStore`` that is neither a
 parameter nor a submodule and that ``copy.deepcopy`` shares instead of copying.
 
-A feature is a function of the text's token ids alone, bit for bit: rows are keyed by a digest of
-their ids (padding removed) and encoded without padding, in batches of equal length. Padding to
-the longest text of a batch changes a row's output in the last bits (about 5e-7 for MiniLM), which
-would make a run depend on what its cache already held.
+A feature is a function of the text's token ids alone, bit for bit, on one machine with one set of
+library versions: rows are keyed by a digest of their ids (padding removed) and every encoder call
+has the shape [ENCODE_ROWS, length of the text], with no padding; a short batch is filled by
+repeating its last row. BLAS and oneDNN pick their kernels, and so the rounding of every sum, by the
+shapes they are given: padding to the longest text of a batch changes a row's output in the last
+bits (about 5e-7 for MiniLM), and so does the number of rows (up to 5e-6 between batches of 8 and
+of 1 or 7 rows on a Xeon with AVX-512; nothing on an AMD EPYC). With the shape fixed, a row's output
+does not depend on the other rows (measured on both), so a run never depends on what its cache
+already held. Another CPU or library version may choose other kernels: the cache entry is keyed by
+the weights, not the machine, so do not share one cache directory between machines and expect
+bit-identical runs.
 
-Cache: ``$TESTBED_CACHE/features/<pooling>-<weights fingerprint>/`` holds ``meta.json`` and
+Cache: ``$TESTBED_CACHE/features/<pooling>-v<FORMAT>-<weights fingerprint>/`` holds ``meta.json`` and
 ``shard-*.npz`` files (``key`` uint64 digests, ``features`` float32 [N, hidden]). A shard is written
 to a temporary file and renamed, so processes filling one entry at once only add complete shards
 of identical features. New features are written when the student comes back from an evaluation,
@@ -42,10 +49,10 @@ from testbed import Backbone, UserError, hookimpl
 from testbed.resources import cache_dir, refuse_shared_data
 
 POOLINGS = ("mean", "cls")
-ENCODE_BATCH = 64  # rows of one length per encoder call
+ENCODE_ROWS = 8  # rows of every encoder call (a short batch repeats its last row): a fixed shape, so fixed kernels
 FLUSH_EVERY = 16_384  # pending features written without waiting for an evaluation
 COMPACT_AT = 16  # shards in one entry before a reader merges them
-FORMAT = 1
+FORMAT = 2  # 2: fixed-row-count batches (format 1 batched up to 64 rows, so its features differ in the last bits)
 
 ENCODED = Counter()  # texts run through an encoder in this process, by cache entry name: tests and benchmarks read it
 
@@ -73,6 +80,14 @@ def token_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> 
     return keys, rows
 
 
+def fixed_rows(rows: list, count: int) -> list:
+    """``rows`` filled to exactly ``count`` by repeating the last one: a batch shape that does not
+    depend on how many texts happened to need encoding together."""
+    if not 0 < len(rows) <= count:
+        raise ValueError(f"fixed_rows: expected 1 to {count} rows, got {len(rows)}")
+    return [*rows, *[rows[-1]] * (count - len(rows))]
+
+
 def weights_fingerprint(encoder: nn.Module) -> str:
     """sha256 over the encoder's class and every state_dict tensor (name, dtype, shape, bytes):
     the randomly initialised ``tiny`` differs per seed, so a name would not identify the weights."""
@@ -93,7 +108,8 @@ class FeatureStore:
         fingerprint = weights_fingerprint(encoder)
         self.meta = {"format": FORMAT, "encoder": name, "encoder_class": type(encoder).__name__, "pooling": pooling,
                      "hidden": self.hidden, "fingerprint": fingerprint}
-        self.entry = f"{pooling}-{fingerprint[:24]}"  # one cache entry per (weights, pooling)
+        # one cache entry per (weights, pooling, format): features of another format are not bit-identical to these
+        self.entry = f"{pooling}-v{FORMAT}-{fingerprint[:24]}"
         self.dir = None if root is None else root / self.entry
         self.table: dict[int, np.ndarray] = self._load()
         self.pending: dict[int, np.ndarray] = {}
@@ -111,16 +127,16 @@ class FeatureStore:
 
     @torch.no_grad()
     def _encode(self, missing: dict[int, np.ndarray]) -> None:
-        by_length = defaultdict(list)  # equal lengths need no padding, so a row's output never depends on its batch
+        by_length = defaultdict(list)  # equal lengths need no padding
         for key, row in missing.items():
             by_length[len(row)].append((key, row))
         for _, items in sorted(by_length.items()):
-            for start in range(0, len(items), ENCODE_BATCH):
-                chunk = items[start : start + ENCODE_BATCH]
-                ids = torch.from_numpy(np.stack([row for _, row in chunk]))
+            for start in range(0, len(items), ENCODE_ROWS):
+                chunk = items[start : start + ENCODE_ROWS]
+                ids = torch.from_numpy(np.stack(fixed_rows([row for _, row in chunk], ENCODE_ROWS)))
                 hidden = self.encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
                 pooled = (hidden.mean(1) if self.pooling == "mean" else hidden[:, 0]).float().numpy()
-                for (key, _), feature in zip(chunk, pooled):
+                for (key, _), feature in zip(chunk, pooled):  # the filler rows' outputs are dropped
                     self.table[key] = self.pending[key] = feature
         ENCODED[self.entry] += len(missing)
         if len(self.pending) >= FLUSH_EVERY:

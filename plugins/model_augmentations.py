@@ -3,9 +3,16 @@
 
 Both take any Hugging Face model by local path or hub id, load it on first use (a run whose
 views are all cached never loads it), run a batch at a time, and sample each text with its own
-``torch.Generator`` seeded from the text's seed, so a view does not depend on the rest of the
-batch. Loading and sampling never touch torch's global random state, so a run gives the same
-numbers whether its views were computed or read from the cache.
+``torch.Generator`` seeded from the text's seed, so the random draws of a view do not depend on
+the rest of the batch. Loading and sampling never touch torch's global random state, so a run gives
+the same numbers whether its views were computed or read from the cache.
+
+The model's logits for a text do depend on its batch in the last bits (the padded length and the
+number of rows pick BLAS kernels; see plugins/frozen.py). A sampled token changes only where two
+candidates' perturbed scores tie within ~1e-6, so two runs computing the same view in different
+batches agree almost always, not always. Not fixed as the frozen encoder is (fixed-shape calls):
+texts rarely share a length, so fixed-row batches would multiply the model's work several times.
+The view cache keeps the first computation and every later run reads it.
 """
 
 from __future__ import annotations

@@ -139,6 +139,88 @@ def test_a_texts_features_do_not_depend_on_its_batch(registry):
     assert torch.allclose(logits[1], models[0].classifier(alone), atol=1e-6)
 
 
+class RowCountSensitiveEncoder(torch.nn.Module):
+    """An encoder that rounds like a BLAS library: the number of rows in a call picks the kernel,
+    here the order in which each output's sum is accumulated, so a row's output depends on how
+    many rows share its call (never on their contents or its position). Real kernels do this too
+    (tests below), but only on some CPUs for some shapes; this one does it everywhere."""
+
+    config = type("Config", (), {"hidden_size": 24})()
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.embedding = torch.nn.Parameter(torch.randn(500, 24, generator=generator))
+        self.weight = torch.nn.Parameter(torch.randn(24, 24, generator=generator) * 10)
+
+    def forward(self, input_ids, attention_mask=None):
+        x = self.embedding[input_ids]  # [R, T, H]
+        chunk = 1 + len(input_ids) % 5  # the "kernel" of this row count: sums over chunks of this many terms
+        out = torch.zeros(*x.shape[:2], self.weight.shape[1])
+        for start in range(0, x.shape[-1], chunk):
+            out = out + x[..., start : start + chunk] @ self.weight[start : start + chunk]
+        return type("Output", (), {"last_hidden_state": out})()
+
+
+def encode_in_batches(encoder, ids: torch.Tensor, sizes: list[int], order: list[int]) -> torch.Tensor:
+    """Features of the rows ``ids`` with an empty store, asked for in batches of ``sizes`` rows,
+    the rows taken in ``order``: rows computed in other batches, beside other rows, at other positions."""
+    store = frozen_plugin.FeatureStore(encoder, "mean", "test", root=None)
+    features = torch.zeros(len(ids), encoder.config.hidden_size)
+    start = 0
+    for size in sizes:
+        rows = order[start : start + size]
+        features[rows] = store.features(ids[rows], torch.ones_like(ids[rows]))
+        start += size
+    assert start == len(ids)
+    return features
+
+
+BATCHINGS = [([1] * 11, list(range(11))), ([11], list(range(11))), ([2, 3, 6], list(range(11))),
+             ([7, 4], list(range(10, -1, -1))), ([5, 1, 5], [3, 9, 0, 7, 1, 10, 2, 8, 4, 6, 5])]
+
+
+def test_row_counts_that_change_an_encoders_rounding_do_not_change_features():
+    encoder = RowCountSensitiveEncoder().eval()
+    ids = torch.randint(0, 500, (11, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # the encoder does round differently by row count: the provocation is real
+        alone, batched = (encoder(ids[:n]).last_hidden_state[0] for n in (1, 2))
+    assert not torch.equal(alone, batched)
+    reference = encode_in_batches(encoder, ids, *BATCHINGS[0])
+    for sizes, order in BATCHINGS[1:]:
+        assert torch.equal(encode_in_batches(encoder, ids, sizes, order), reference), sizes
+
+
+@pytest.mark.parametrize("encoder_name", ["tiny", "minilm"])
+def test_real_encoders_give_the_same_features_however_texts_are_batched(registry, encoder_name):
+    """Texts of 3 tokens, where oneDNN on an AVX-512 AMD EPYC rounds a call of 1 row differently
+    from calls of 2 or more (both encoders), and longer texts, where a Xeon rounds 8 rows
+    differently from 1 or 7 (MiniLM, issue 10); with 1 and with 2 torch threads."""
+    torch.manual_seed(0)
+    model, _ = frozen_plugin.load_encoder(encoder_name, 2)
+    encoder = model.base_model.eval()
+    generator = torch.Generator().manual_seed(2)
+    threads = torch.get_num_threads()
+    try:
+        for length in (3, 12):
+            ids = torch.randint(1000, 20000, (11, length), generator=generator)
+            torch.set_num_threads(1)  # grid workers sharing a cache run with different thread counts
+            reference = encode_in_batches(encoder, ids, *BATCHINGS[0])
+            torch.set_num_threads(2)
+            for sizes, order in BATCHINGS[1:]:
+                assert torch.equal(encode_in_batches(encoder, ids, sizes, order), reference), (length, sizes)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_fixed_rows_fills_a_short_batch_with_its_last_row():
+    assert frozen_plugin.fixed_rows(["a", "b"], 4) == ["a", "b", "b", "b"]
+    assert frozen_plugin.fixed_rows(list("abcd"), 4) == list("abcd")
+    for bad in ([], list("abcde")):
+        with pytest.raises(ValueError, match="expected 1 to 4 rows"):
+            frozen_plugin.fixed_rows(bad, 4)
+
+
 def test_cls_pooling_is_the_first_tokens_state(registry):
     torch.manual_seed(0)
     model, tokenizer = frozen_plugin.frozen(frozen_plugin.FrozenOptions(encoder="tiny", pooling="cls"), 3)
@@ -158,7 +240,7 @@ def test_warm_cache_runs_read_features_and_match_the_cold_run(registry, tmp_path
     (entry,) = (cache_dir / "features").iterdir()
     meta = json.loads((entry / "meta.json").read_text())
     assert meta["encoder"] == "tiny" and meta["pooling"] == "mean" and meta["hidden"] == 128
-    assert entry.name == f"mean-{meta['fingerprint'][:24]}"
+    assert entry.name == f"mean-v{frozen_plugin.FORMAT}-{meta['fingerprint'][:24]}"
     computed = frozen_plugin.ENCODED[entry.name]
     on_disk = shards(cache_dir)
     assert computed > 0 and on_disk
