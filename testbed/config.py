@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.errors import UserError, did_you_mean
-from testbed.hookspecs import AugmentationSpec, Record
+from testbed.types import AugmentationSpec, Record
 
 
 @dataclass(frozen=True)

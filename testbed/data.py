@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from testbed.errors import UserError
-from testbed.hookspecs import DatasetSplits, Texts
+from testbed.types import DatasetSplits, Texts
 
 DATA_DIR_ENV = "TESTBED_DATA"
 SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".parquet")

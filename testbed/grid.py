@@ -500,7 +500,7 @@ def run_grid(cells: list[Cell], registry, out_dir: str | Path, *, executor: str 
 
     refuse_shared_data(out_dir, "The runs directory", "Pass --out somewhere else, e.g. runs.")
     from testbed.config import build_section
-    from testbed.hookspecs import ExecutorContext
+    from testbed.types import ExecutorContext
     from testbed.runs import run_status
     from tqdm.auto import tqdm
 

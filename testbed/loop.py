@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from testbed.config import RunConfig
 from testbed.data import Split, make_split
-from testbed.hookspecs import BaseSelector, BaseTeacher, RunContext, TextBatch
+from testbed.types import BaseSelector, BaseTeacher, RunContext, TextBatch
 from testbed.model import accuracy_and_macro_f1, predict, tokenize
 from testbed.views import Views, open_views
 

@@ -20,7 +20,8 @@ import pluggy
 
 from testbed import hookspecs
 from testbed.errors import UserError, did_you_mean
-from testbed.hookspecs import KINDS, Record
+from testbed.hookspecs import KINDS
+from testbed.types import Record
 
 ENTRY_POINT_GROUP = "testbed"
 PLUGINS_DIR_ENV = "TESTBED_PLUGINS_DIR"

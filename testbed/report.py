@@ -5,7 +5,7 @@
 A *group* is a dataset and label budget (``dataset.name``, ``dataset.labels_per_class``); a *cell*
 is what is compared within a group: the config keys that vary across the runs (seed excluded;
 ``--group-by`` chooses them), e.g. the method. Seeds are the replicates. Sections are
-ReportSection records (testbed.hookspecs); plugins add their own with ``testbed_report_sections``.
+ReportSection records (testbed.types); plugins add their own with ``testbed_report_sections``.
 
     >>> from testbed.report import render_report
     >>> render_report(["runs"], "reports/first", baseline="supervised")
@@ -26,7 +26,7 @@ import numpy as np
 
 from testbed import __version__
 from testbed.errors import UserError
-from testbed.hookspecs import ReportContext, ReportFigure, ReportSection
+from testbed.types import ReportContext, ReportFigure, ReportSection
 from testbed.resources import git_commit, refuse_shared_data
 from testbed.report_stats import (ALPHA, CI_NEEDS, PAIRED_RULE, calibration, friedman, holm, paired_test, per_class_f1,
                                   summarize, verdict)

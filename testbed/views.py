@@ -38,7 +38,7 @@ import numpy as np
 
 from testbed.config import resolve_augmentation
 from testbed.errors import UserError
-from testbed.hookspecs import AugmentationContext
+from testbed.types import AugmentationContext
 
 FORMAT = 1
 FLUSH_EVERY = 50_000  # views held in memory before they are written without waiting for an evaluation
