@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-fast lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,14 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# the fast lane while developing: everything but the tests marked slow (`make test` runs them all, as CI does)
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+# ruff, configured in pyproject.toml (CI runs it)
+lint: install
+	$(VENV)/bin/ruff check testbed plugins tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -28,6 +28,7 @@ from testbed import resources
 from testbed.config import resolve
 from testbed.data import data_dir
 from testbed.plugins import load_plugins
+from testbed_plugins import _resources as nltk_resources
 
 N_TEXTS = 1000
 NAMES = ["keyboard", "ocr", "random_char", "random_word", "spelling", "split", "tfidf", "synonym", "antonym", "glove"]
@@ -97,10 +98,10 @@ def plain_nlpaug(name: str):
         tfidf_module.TFIDF_MODEL = {}  # nlpaug caches one model for every path
         return naw.TfIdfAug(model_path=folder)
     if name == "synonym":
-        resources.require_wordnet()
+        nltk_resources.require_wordnet()
         return naw.SynonymAug(aug_src="wordnet")
     if name == "antonym":
-        resources.require_wordnet()
+        nltk_resources.require_wordnet()
         return naw.AntonymAug()
     if name == "glove":
         from testbed_plugins.nlpaug_augmentations import GloveVectors
@@ -126,7 +127,7 @@ def plain_nlpaug(name: str):
 def test_nlpaug_sentences_per_second(benchmark, registry, ag_news, name):
     options = {"dataset": "ag_news"} if name == "tfidf" else {}
     choice = resolve({"augmentation": {"strong": {"name": name, **options}}}, registry).choices["augmentation.strong"]
-    augment = choice.record.factory(choice.options)
+    augment = choice.record.factory(choice.options, None)  # no augmentation of augmentations here
     seeds = np.random.default_rng(0).integers(2**63, size=len(ag_news))
     augment(ag_news[:5], seeds[:5])  # builds the augmenter, loads WordNet / GloVe / the tf-idf model
     baseline = plain_nlpaug(name)

@@ -34,7 +34,7 @@ FROZEN = [*COMMON, "backbone.name=frozen", "backbone.encoder=minilm", f"train.st
 
 def steps_per_second(cfg, steps: int) -> float:
     parts = prepare(cfg)
-    return steps / train(cfg, parts, progress=False)["train_seconds"]
+    return steps / train(cfg, parts, progress=False).result["train_seconds"]
 
 
 def cold_features_per_second(cfg, texts: list[str]) -> tuple[float, float]:

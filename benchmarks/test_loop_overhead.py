@@ -28,7 +28,7 @@ OVERRIDES = ["method=fixmatch", "backbone.name=tiny", "dataset.name=trec", "data
 
 def run_testbed_steps(cfg) -> float:
     parts = prepare(cfg)
-    return train(cfg, parts, progress=False)["train_seconds"]
+    return train(cfg, parts, progress=False).result["train_seconds"]
 
 
 def plain_steps(cfg) -> float:

@@ -23,6 +23,7 @@ from testbed import resources
 from testbed.data import data_dir
 from testbed.plugins import load_plugins
 from testbed.views import ViewStream, build, build_augmentation, cache_root
+from testbed_plugins import _resources as nltk_resources
 
 NATIVE = {
     "drop_swap": "drop_swap",
@@ -63,7 +64,7 @@ def seeds(n: int) -> np.ndarray:
 
 @pytest.mark.parametrize("name", NATIVE)
 def test_native_augmentation_speed(benchmark, name, registry, texts):
-    if name == "eda (WordNet)" and resources.find_wordnet() is None:
+    if name == "eda (WordNet)" and nltk_resources.find_wordnet() is None:
         pytest.skip("WordNet is not set up (scripts/setup_nltk_data.py)")
     augment = build_augmentation(NATIVE[name], registry)
     augment(texts[:20], seeds(20))  # loads tokenizers / WordNet once, as a run does
@@ -100,7 +101,7 @@ def test_native_eda_is_at_least_5x_nlpaug_random_word(benchmark, registry, texts
     info = {"eda_sentences_per_second": round(len(texts) / timings["eda"]),
             "nlpaug_swap_sentences_per_second": round(len(texts) / timings["nlpaug swap"]),
             "nlpaug_delete_sentences_per_second": round(len(texts) / timings["nlpaug delete"]), "ratio": round(ratio, 2)}
-    if resources.find_wordnet() is not None:
+    if nltk_resources.find_wordnet() is not None:
         full = build_augmentation("eda", registry)
         full(texts, s)  # WordNet's synsets, memoised per word, as in a run
         info["eda_wordnet_sentences_per_second"] = round(len(texts) / best_of(lambda: full(texts, s)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,27 +62,6 @@ def uniforms(seeds, counts: Sequence[int], salt: int = 0) -> tuple[list[float], 
 def text_random(seed, salt: int = 0) -> random.Random:
     """A ``random.Random`` for one text (``random()``, ``shuffle`` and ``sample`` are stable across Python versions)."""
     return random.Random((int(seed) & 0xFFFFFFFFFFFFFFFF) ^ (salt * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF))
-
-
-class Augmenter:
-    """An augment callable, ``augment(texts, seeds) -> views``, that counts what it did:
-    ``seen`` texts, ``unchanged`` views equal to their text (too short, nothing to change), and
-    carries a ``fingerprint`` of data it reads beyond its options (files, model weights), which
-    the view cache adds to its key."""
-
-    def __init__(self, fn: Callable[[list[str], np.ndarray], list[str]], fingerprint: str = ""):
-        self.fn, self.fingerprint = fn, fingerprint
-        self.seen = self.unchanged = 0
-
-    def __call__(self, texts, seeds) -> list[str]:
-        texts = list(texts)
-        seeds = np.asarray(seeds)
-        if len(seeds) != len(texts):
-            raise ValueError(f"augment() got {len(texts)} texts and {len(seeds)} seeds; pass one seed per text")
-        out = self.fn(texts, seeds) if texts else []
-        self.seen += len(texts)
-        self.unchanged += sum(1 for a, b in zip(out, texts) if a == b)
-        return out
 
 
 def path_fingerprint(path: str | Path) -> str:

@@ -24,25 +24,29 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed import Augmentation, UserError, hookimpl
-from testbed_plugins._text import Augmenter, check_at_least, check_probability, text_random, uniforms
+from testbed import Augmentation, Augmenter, UserError, hookimpl
+from testbed_plugins._text import check_at_least, check_probability, text_random, uniforms
 
 PUNCT = "\"'`.,;:!?()[]{}<>«»“”‘’…—–-*&%$#@/\\|~^_+="
 MAX_SPAN = 10
 
 # The stop words of the EDA reference implementation (jasonwei20/eda_nlp): never replaced by synonyms.
-STOP_WORDS = frozenset("""
-i me my myself we our ours ourselves you your yours yourself yourselves he him his himself she her hers herself
-it its itself they them their theirs themselves what which who whom this that these those am is are was were be
-been being have has had having do does did doing a an the and but if or because as until while of at by for with
-about against between into through during before after above below to from up down in out on off over under again
-further then once here there when where why how all any both each few more most other some such no nor not only own
-same so than too very s t can will just don should now
-""".split())
+STOP_WORDS = frozenset([
+    "i", "me", "my", "myself", "we", "our", "ours", "ourselves", "you", "your", "yours", "yourself",
+    "yourselves", "he", "him", "his", "himself", "she", "her", "hers", "herself", "it", "its", "itself", "they",
+    "them", "their", "theirs", "themselves", "what", "which", "who", "whom", "this", "that", "these", "those",
+    "am", "is", "are", "was", "were", "be", "been", "being", "have", "has", "had", "having", "do", "does",
+    "did", "doing", "a", "an", "the", "and", "but", "if", "or", "because", "as", "until", "while", "of", "at",
+    "by", "for", "with", "about", "against", "between", "into", "through", "during", "before", "after", "above",
+    "below", "to", "from", "up", "down", "in", "out", "on", "off", "over", "under", "again", "further", "then",
+    "once", "here", "there", "when", "where", "why", "how", "all", "any", "both", "each", "few", "more", "most",
+    "other", "some", "such", "no", "nor", "not", "only", "own", "same", "so", "than", "too", "very", "s", "t",
+    "can", "will", "just", "don", "should", "now",
+])
 
 
-def identity(options):
-    return Augmenter(lambda texts, seeds: list(texts))
+def identity(options, context):
+    return Augmenter(lambda texts, seeds: list(texts), passthrough=True)
 
 
 def per_text(fn):
@@ -113,7 +117,7 @@ class DropSwapOptions:
         check_probability(self, "p_delete", "p_swap")
 
 
-def drop_swap(options: DropSwapOptions):
+def drop_swap(options: DropSwapOptions, context):
     """Random word deletion then random swaps (EDA's RD and RS, Wei & Zou 2019)."""
 
     def augment_one(text: str, seed: int) -> str:
@@ -140,7 +144,7 @@ class WordDeleteOptions:
         check_probability(self, "p")
 
 
-def word_delete(options: WordDeleteOptions):
+def word_delete(options: WordDeleteOptions, context):
     """Random deletion, vectorised: every word's coin of the batch is drawn in one pass."""
     p = options.p
 
@@ -167,7 +171,7 @@ class WordSwapOptions:
         check_probability(self, "p")
 
 
-def word_swap(options: WordSwapOptions):
+def word_swap(options: WordSwapOptions, context):
     def swap(words, rng, text):
         if len(words) < 2 or options.p == 0:
             return None
@@ -187,7 +191,7 @@ class WordMaskOptions:
         check_at_least(self, "span", 1.0)
 
 
-def word_mask(options: WordMaskOptions):
+def word_mask(options: WordMaskOptions, context):
     def mask(words, rng, text):
         if len(words) < 2 or options.p == 0:
             return None
@@ -212,7 +216,7 @@ class StrongOptions:
         check_at_least(self, "span", 1.0)
 
 
-def strong(options: StrongOptions):
+def strong(options: StrongOptions, context):
     """Deletion, then swaps, then span masking: a strong view without a translation model."""
     o = options
 
@@ -264,10 +268,10 @@ def _restore(synonym: str, word: str) -> str:
 _LEMMA_OK = re.compile(r"^[^\W\d_]+(?:[ '-][^\W\d_]+)*$")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def wordnet_synonyms():
     """word -> WordNet synonyms (EDA's get_synonyms), memoised per word."""
-    from testbed.resources import require_wordnet
+    from testbed_plugins._resources import require_wordnet
 
     try:
         require_wordnet("eda with alpha_sr or alpha_ri > 0 (synonym replacement / insertion)", tagger=False)
@@ -338,7 +342,7 @@ def random_insertion(words, n, rng, synonyms):
     return words
 
 
-def eda(options: EdaOptions):
+def eda(options: EdaOptions, context):
     o = options
     needs_synonyms = o.alpha_sr > 0 or o.alpha_ri > 0
     synonyms = synonym_source(o.synonyms) if needs_synonyms else None

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from testbed import Augmentation, AugmentationSpec, hookimpl
-from testbed_plugins._text import Augmenter, check_probability, derive_seeds, uniforms
+from testbed import Augmentation, AugmentationSpec, Augmenter, hookimpl
+from testbed_plugins._text import check_probability, derive_seeds, uniforms
 
 
 def apply_grouped(augments, choice: np.ndarray, texts: list[str], seeds: np.ndarray, salt: int) -> list[str]:
@@ -119,9 +119,9 @@ def randaugment(options: RandAugmentOptions, context):
 def testbed_augmentations():
     return [
         Augmentation(name="sequence", summary="augmentations applied in order (steps = [spec, ...])",
-                     factory=sequence, options=SequenceOptions, composite=True),
+                     factory=sequence, options=SequenceOptions),
         Augmentation(name="one_of", summary="one augmentation per text, drawn from choices (optionally weighted)",
-                     factory=one_of, options=OneOfOptions, composite=True),
+                     factory=one_of, options=OneOfOptions),
         Augmentation(name="randaugment", summary="RandAugment for text: n random ops per view, each at magnitude M",
-                     factory=randaugment, options=RandAugmentOptions, composite=True),
+                     factory=randaugment, options=RandAugmentOptions),
     ]

@@ -3,8 +3,17 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed import Dataset, DatasetSplits, UserError, hookimpl
-from testbed.data import DATA_DIR_ENV, data_dir, infer_label_names, load_dataset_dir, load_dataset_files, rows_to_texts
+from testbed import (
+    DATA_DIR_ENV,
+    Dataset,
+    DatasetSplits,
+    UserError,
+    hookimpl,
+    infer_label_names,
+    load_dataset_dir,
+    load_dataset_files,
+    rows_to_texts,
+)
 
 BENCHMARKS = {
     "ag_news": "AG News topic classification, 4 classes (8,000-text train pool, 7,600 test)",
@@ -17,8 +26,8 @@ BENCHMARKS = {
 
 
 def benchmark(name: str):
-    def load(options) -> DatasetSplits:
-        root = data_dir()
+    def load(options, context) -> DatasetSplits:
+        root = context.data_dir
         if root is None or not (root / name).is_dir():
             raise UserError(f"Dataset {name!r} not found: looked in {str(root / name) if root else '(no data directory)'}. "
                             f"Set ${DATA_DIR_ENV} to the directory holding {name}/ (see README.md).")
@@ -35,7 +44,7 @@ class FilesOptions:
     label_column: str = "label"
 
 
-def files(options: FilesOptions) -> DatasetSplits:
+def files(options: FilesOptions, context) -> DatasetSplits:
     if not options.path:
         raise UserError("dataset.path is empty: set it to a data directory or a train file (.jsonl, .jsonl.gz, .csv, .parquet).")
     path = Path(options.path)
@@ -58,7 +67,7 @@ class HubOptions:
     test_split: str = "test"
 
 
-def hub(options: HubOptions) -> DatasetSplits:
+def hub(options: HubOptions, context) -> DatasetSplits:
     if not options.hub_id:
         raise UserError("dataset.hub_id is empty: set it to a Hugging Face dataset id, e.g. dataset.hub_id=ag_news.")
     try:
@@ -67,7 +76,7 @@ def hub(options: HubOptions) -> DatasetSplits:
         raise UserError("Hub datasets need the `datasets` package: pip install datasets.") from None
     try:
         loaded = datasets.load_dataset(options.hub_id, options.subset or None)
-    except Exception as exc:  # noqa: BLE001 - offline, unknown id, bad subset: all user-fixable
+    except Exception as exc:
         raise UserError(f"Could not load hub dataset {options.hub_id!r}: {exc}") from None
     for split in (options.train_split, options.test_split):
         if split not in loaded:
@@ -84,6 +93,7 @@ def hub(options: HubOptions) -> DatasetSplits:
 def testbed_datasets():
     return [
         *[Dataset(name=name, summary=summary, factory=benchmark(name)) for name, summary in BENCHMARKS.items()],
-        Dataset(name="files", summary="local jsonl/csv/parquet files with text and label columns", factory=files, options=FilesOptions),
+        Dataset(name="files", summary="local jsonl/csv/parquet files with text and label columns", factory=files, options=FilesOptions,
+                shorthand=lambda name: {"path": name} if Path(name).exists() else None),  # dataset.name=path/to/data
         Dataset(name="hub", summary="a Hugging Face datasets hub id (online)", factory=hub, options=HubOptions),
     ]

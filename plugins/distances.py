@@ -7,12 +7,12 @@ import torch
 from testbed import Distance, hookimpl
 
 
-def l1(options):
+def l1(options, context):
     """Σ_c |p_c - t_c| between the student's probabilities and the targets."""
     return lambda logits, targets: (logits.softmax(-1) - targets).abs().sum(-1)
 
 
-def l2(options):
+def l2(options, context):
     """Σ_c (p_c - t_c)², the squared error on probabilities (Π-model, Mean Teacher; USB averages over classes instead)."""
     return lambda logits, targets: (logits.softmax(-1) - targets).pow(2).sum(-1)
 
@@ -26,7 +26,7 @@ class KLOptions:
             raise ValueError(f"distance.temperature must be positive, got {self.temperature}")
 
 
-def kl(options):
+def kl(options, context):
     """KL(target ‖ student); 0·log 0 counts as 0, so one-hot targets are fine."""
     t = options.temperature
 
@@ -37,12 +37,12 @@ def kl(options):
     return distance
 
 
-def ce(options):
+def ce(options, context):
     """Cross-entropy -Σ_c t_c log p_c: with one-hot targets, the usual hard pseudo-label loss."""
     return lambda logits, targets: -(targets * logits.log_softmax(-1)).sum(-1)
 
 
-def js(options):
+def js(options, context):
     """Jensen-Shannon divergence (Lin 1991), natural log, per example:
 
         JS(p, t) = ½ KL(p ‖ m) + ½ KL(t ‖ m),   m = (p + t) / 2,   p = softmax(logits)

@@ -2,7 +2,7 @@
 
 ``local`` is a process pool on this machine (spawned processes: torch and fork do not mix);
 ``dask`` runs on a dask.distributed cluster, a LocalCluster on 127.0.0.1 by default or any
-running scheduler (``--scheduler tcp://HOST:8786``, e.g. one started by dask-jobqueue on SLURM
+running scheduler (``-X scheduler=tcp://HOST:8786``, e.g. one started by dask-jobqueue on SLURM
 or PBS). Every worker writes into the same output directory, so it must be on a shared file
 system; a cell's lock keeps two workers from running the same cell.
 """
@@ -69,7 +69,7 @@ class LocalExecutor(BaseExecutor):
         for future in as_completed(futures):
             try:
                 yield futures[future], future.result()
-            except Exception as exc:  # noqa: BLE001 - e.g. BrokenProcessPool: a worker died
+            except Exception as exc:
                 yield futures[future], exc
 
     def close(self, wait: bool = True):
@@ -81,14 +81,14 @@ class LocalExecutor(BaseExecutor):
 
 @dataclass(frozen=True)
 class DaskOptions:
-    scheduler: str = ""  # address of a running scheduler (--scheduler); "" = a LocalCluster on 127.0.0.1
+    scheduler: str = ""  # address of a running scheduler (-X scheduler=ADDRESS); "" = a LocalCluster on 127.0.0.1
     dashboard: bool = False  # LocalCluster only: serve the dashboard on 127.0.0.1:8787 (needs bokeh)
     timeout: float = 30.0  # seconds to wait for the scheduler
 
 
 class DaskExecutor(BaseExecutor):
     """dask.distributed: a LocalCluster of ``--workers`` single-threaded processes bound to
-    127.0.0.1, or the cluster of ``--scheduler``, whose workers must have testbed installed."""
+    127.0.0.1, or the cluster of ``-X scheduler=ADDRESS``, whose workers must have testbed installed."""
 
     def __init__(self, options: DaskOptions, context):
         try:
@@ -117,7 +117,7 @@ class DaskExecutor(BaseExecutor):
         for future in dask_completed(list(futures)):
             try:
                 yield futures[future], future.result()
-            except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker
+            except Exception as exc:
                 yield futures[future], exc
 
     def close(self):
@@ -132,6 +132,6 @@ def testbed_executors():
         Executor(name="serial", summary="one cell after another in this process (debugging)", factory=SerialExecutor),
         Executor(name="local", summary="a process pool on this machine, --workers processes", factory=LocalExecutor,
                  options=LocalOptions),
-        Executor(name="dask", summary="dask.distributed: a LocalCluster on 127.0.0.1, or --scheduler ADDRESS",
+        Executor(name="dask", summary="dask.distributed: a LocalCluster on 127.0.0.1, or -X scheduler=ADDRESS",
                  factory=DaskExecutor, options=DaskOptions),
     ]

@@ -20,23 +20,17 @@ already held. Another CPU or library version may choose other kernels: the cache
 the weights, not the machine, so do not share one cache directory between machines and expect
 bit-identical runs.
 
-Cache: ``$TESTBED_CACHE/features/<pooling>-v<FORMAT>-<weights fingerprint>/`` holds ``meta.json`` and
-``shard-*.npz`` files (``key`` uint64 digests, ``features`` float32 [N, hidden]). A shard is written
-to a temporary file and renamed, so processes filling one entry at once only add complete shards
-of identical features. New features are written when the student comes back from an evaluation,
-when FLUSH_EVERY are pending, and when the model is garbage-collected or the process exits.
+Cache: one entry of the store (``testbed.CacheEntry``, kind ``features``: ``$TESTBED_CACHE/features``)
+per (encoder, pooling, weights fingerprint, FORMAT), holding float32 [hidden] rows by token-id
+digest. New features are written when the student comes back from an evaluation, when
+FLUSH_EVERY are pending, and when the model is garbage-collected or the process exits.
 ``testbed cache`` lists the entries and ``testbed cache clear ENCODER`` removes them.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
-import uuid
-import warnings
 import weakref
-import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,13 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from testbed import Backbone, UserError, hookimpl
-from testbed.resources import cache_dir, refuse_shared_data
+from testbed import Backbone, CacheEntry, UserError, hookimpl, store_dir
 
 POOLINGS = ("mean", "cls")
 ENCODE_ROWS = 8  # rows of every encoder call (a short batch repeats its last row): a fixed shape, so fixed kernels
 FLUSH_EVERY = 16_384  # pending features written without waiting for an evaluation
-COMPACT_AT = 16  # shards in one entry before a reader merges them
 FORMAT = 2  # 2: fixed-row-count batches (format 1 batched up to 64 rows, so its features differ in the last bits)
 
 ENCODED = Counter()  # texts run through an encoder in this process, by cache entry name: tests and benchmarks read it
@@ -105,15 +97,18 @@ class FeatureStore:
     def __init__(self, encoder: nn.Module, pooling: str, name: str, root: Path | None):
         self.encoder, self.pooling = encoder.requires_grad_(False).eval(), pooling
         self.hidden = encoder.config.hidden_size
-        fingerprint = weights_fingerprint(encoder)
-        self.meta = {"format": FORMAT, "encoder": name, "encoder_class": type(encoder).__name__, "pooling": pooling,
-                     "hidden": self.hidden, "fingerprint": fingerprint}
-        # one cache entry per (weights, pooling, format): features of another format are not bit-identical to these
-        self.entry = f"{pooling}-v{FORMAT}-{fingerprint[:24]}"
-        self.dir = None if root is None else root / self.entry
-        self.table: dict[int, np.ndarray] = self._load()
-        self.pending: dict[int, np.ndarray] = {}
+        # features of another format are not bit-identical to these: FORMAT joins the key
+        key = {"format": FORMAT, "encoder": name, "pooling": pooling, "fingerprint": weights_fingerprint(encoder)}
+        self.cache = CacheEntry(root, key, name=name, description="frozen-encoder outputs",
+                                columns={"encoder": name, "pooling": pooling, "hidden": self.hidden},
+                                shape=(self.hidden,), dtype="float32", flush_every=FLUSH_EVERY)  # root None: memory only
+        self.entry = self.cache.id
         self.owner = None  # weakref to the student built on this store; set by FrozenEncoderClassifier
+
+    @property
+    def table(self) -> dict[int, np.ndarray]:
+        """Features by token-id digest: what the cache entry holds in memory."""
+        return self.cache.items
 
     def __deepcopy__(self, memo):
         return self  # teachers' copies of the model share the encoder and the features
@@ -127,6 +122,7 @@ class FeatureStore:
 
     @torch.no_grad()
     def _encode(self, missing: dict[int, np.ndarray]) -> None:
+        new = {}
         by_length = defaultdict(list)  # equal lengths need no padding
         for key, row in missing.items():
             by_length[len(row)].append((key, row))
@@ -137,69 +133,13 @@ class FeatureStore:
                 hidden = self.encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
                 pooled = (hidden.mean(1) if self.pooling == "mean" else hidden[:, 0]).float().numpy()
                 for (key, _), feature in zip(chunk, pooled):  # the filler rows' outputs are dropped
-                    self.table[key] = self.pending[key] = feature
+                    new[key] = feature
+        self.cache.add(new)
         ENCODED[self.entry] += len(missing)
-        if len(self.pending) >= FLUSH_EVERY:
-            self.flush()
-
-    # ------------------------------------------------------------------ disk
-
-    def _load(self) -> dict[int, np.ndarray]:
-        table: dict[int, np.ndarray] = {}
-        if self.dir is None:
-            return table
-        loaded = []
-        for path in sorted(self.dir.glob("shard-*.npz")):
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    keys, features = z["key"], z["features"]
-            except FileNotFoundError:
-                continue  # merged away by another process meanwhile; recomputed if needed, identically
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-                warnings.warn(f"Skipping unreadable feature-cache shard {path}: {exc}", stacklevel=2)
-                continue
-            if features.shape[1:] != (self.hidden,) or len(keys) != len(features):
-                warnings.warn(f"Skipping feature-cache shard {path}: shape {features.shape}, expected [N, {self.hidden}]",
-                              stacklevel=2)
-                continue
-            table.update(zip(keys.tolist(), features))
-            loaded.append(path)
-        if len(loaded) >= COMPACT_AT:
-            self._compact(table, loaded)
-        return table
 
     def flush(self) -> None:
-        """Write the pending features as one new shard. A failed write costs the cache, never the run."""
-        if not self.pending or self.dir is None:
-            self.pending = {}
-            return
-        pending, self.pending = self.pending, {}
-        try:
-            self._write(list(pending), np.stack(list(pending.values())))
-        except OSError as exc:
-            warnings.warn(f"Could not write the feature cache {self.dir}: {exc}", stacklevel=2)
-
-    def _write(self, keys: list[int], features: np.ndarray) -> None:
-        from testbed.runs import atomic_write  # temporary file + rename
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        meta = self.dir / "meta.json"
-        if not meta.is_file():
-            atomic_write(meta, lambda h: h.write(json.dumps(self.meta, indent=2, sort_keys=True).encode()))
-        keys_array = np.asarray(keys, dtype=np.uint64)
-        atomic_write(self.dir / f"shard-{uuid.uuid4().hex[:16]}.npz",
-                     lambda h: np.savez(h, key=keys_array, features=features))
-
-    def _compact(self, table: dict[int, np.ndarray], shards: list[Path]) -> None:
-        """Merge ``shards`` into one; one process at a time (the others skip)."""
-        with open(self.dir / ".lock", "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return
-            self._write(list(table), np.stack(list(table.values())))
-            for path in shards:
-                path.unlink(missing_ok=True)
+        """Write the features computed since the last flush. A failed write costs the cache, never the run."""
+        self.cache.flush()
 
 
 class FrozenOutput:
@@ -232,28 +172,14 @@ class FrozenEncoderClassifier(nn.Module):
         return super().train(mode)
 
 
-_registry: list = []
-
-
-def load_encoder(name: str, num_labels: int):
-    """(sequence classifier, tokenizer) of any backbone name, local path or hub id, as the loop loads them."""
-    from testbed.loop import backbone_loader
-    from testbed.plugins import load_plugins
-
-    if not _registry:
-        _registry.append(load_plugins())
-    try:
-        return backbone_loader(_registry[0], num_labels)(name)
+def frozen(options: FrozenOptions, context):
+    root = store_dir("features")  # never inside the shared data
+    try:  # through the run's registry, so the encoder may come from --plugins-dir; a random `tiny` draws from the run's seed
+        model, tokenizer = context.load_backbone(options.encoder)
     except UserError as exc:
-        raise UserError(f"backbone.encoder={name!r}: {exc}") from None
-
-
-def frozen(options: FrozenOptions, num_labels: int):
-    root = cache_dir() / "features"
-    refuse_shared_data(root, "The feature cache directory", "Point $TESTBED_CACHE somewhere else.")
-    model, tokenizer = load_encoder(options.encoder, num_labels)  # a random `tiny` draws from the run's seed
+        raise UserError(f"backbone.encoder={options.encoder!r}: {exc}") from None
     store = FeatureStore(model.base_model, options.pooling, options.encoder, root)
-    head = FrozenEncoderClassifier(store, num_labels)  # from the torch seed the loop set: same seed, same head
+    head = FrozenEncoderClassifier(store, context.num_labels)  # from the torch seed the loop set: same seed, same head
     weakref.finalize(head, store.flush)  # the last features, when the run's model goes away or the process exits
     return head, tokenizer
 

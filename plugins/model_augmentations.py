@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from testbed import Augmentation, UserError, hookimpl
-from testbed_plugins._text import Augmenter, check_at_least, check_probability, path_fingerprint, uniforms
+from testbed import Augmentation, Augmenter, UserError, hookimpl
+from testbed_plugins._text import check_at_least, check_probability, path_fingerprint, uniforms
 from testbed_plugins.token_augmentations import replace_spans
 
 WORD = re.compile(r"\S+")
@@ -162,7 +162,7 @@ def with_masks(text: str, spans, mask: str) -> tuple[str, dict[int, int]]:
     return replace_spans(text, spans, mask), starts
 
 
-def mlm_substitute(options: MlmOptions):
+def mlm_substitute(options: MlmOptions, context):
     o = options
     check_model_name(o.model, "mlm_substitute")
     state: dict = {}
@@ -265,7 +265,7 @@ def sample_next(logits, generators, temperature: float, top_p: float):
     return order.gather(1, pick[:, None]).squeeze(1)
 
 
-def paraphrase(options: ParaphraseOptions):
+def paraphrase(options: ParaphraseOptions, context):
     o = options
     check_model_name(o.model, "paraphrase")
     state: dict = {}

@@ -43,8 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from testbed import Augmentation, UserError, hookimpl
-from testbed import resources
+from testbed import Augmentation, Augmenter, UserError, cache_dir, data_dir, hookimpl, load_dataset_dir, read_rows
+from testbed_plugins import _resources as resources
 
 _RNG_LOCK = threading.RLock()
 _MASK32 = 0xFFFFFFFF
@@ -61,7 +61,7 @@ def _seed_global_rngs(seed: int) -> None:
     np.random.seed((seed ^ (seed >> 32)) & _MASK32)  # folded to the uint32 legacy seeding takes (3x cheaper than an array)
 
 
-class NlpaugAugment:
+class NlpaugAugment(Augmenter):
     """``augment(texts, seeds) -> views`` around one nlpaug augmenter, built on first use.
 
     ``build()`` returns an object with nlpaug's ``augment(text) -> [view]``."""
@@ -118,7 +118,7 @@ class NlpaugAugment:
         _seed_global_rngs(seed)
         try:
             result = augmenter.augment(text)
-        except Exception as exc:  # noqa: BLE001 - nlpaug raises anything on inputs it did not expect
+        except Exception as exc:
             self.errors += 1
             self.unchanged += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -230,7 +230,7 @@ def _keyboard_languages() -> tuple[str, ...]:
     spec = importlib.util.find_spec("nlpaug")
     if spec is None or not spec.submodule_search_locations:
         return ("en",)
-    folder = Path(list(spec.submodule_search_locations)[0]) / "res" / "char" / "keyboard"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "res" / "char" / "keyboard"
     return tuple(sorted(p.stem for p in folder.glob("*.json"))) or ("en",)
 
 
@@ -246,7 +246,7 @@ class KeyboardOptions(CharOptions):
         _check_choice(self, "lang", _keyboard_languages())
 
 
-def keyboard(options: KeyboardOptions) -> NlpaugAugment:
+def keyboard(options: KeyboardOptions, context) -> NlpaugAugment:
     def build():
         import nlpaug.augmenter.char as nac
 
@@ -263,7 +263,7 @@ class OcrOptions(CharOptions):
     min_char: int = 1
 
 
-def ocr(options: OcrOptions) -> NlpaugAugment:
+def ocr(options: OcrOptions, context) -> NlpaugAugment:
     def build():
         import nlpaug.augmenter.char as nac
 
@@ -291,7 +291,7 @@ class RandomCharOptions(CharOptions):
                              "spec_char leave no character to insert or substitute")
 
 
-def random_char(options: RandomCharOptions) -> NlpaugAugment:
+def random_char(options: RandomCharOptions, context) -> NlpaugAugment:
     def build():
         import nlpaug.augmenter.char as nac
 
@@ -335,7 +335,7 @@ class RandomWordOptions(WordOptions):
             raise ValueError("augmentation option target_words must name at least one word for action=substitute")
 
 
-def random_word(options: RandomWordOptions) -> NlpaugAugment:
+def random_word(options: RandomWordOptions, context) -> NlpaugAugment:
     def build():
         import nlpaug.augmenter.word as naw
 
@@ -350,7 +350,7 @@ class SpellingOptions(WordOptions):
     include_reverse: bool = True  # also map misspellings back to their correct words
 
 
-def spelling(options: SpellingOptions) -> NlpaugAugment:
+def spelling(options: SpellingOptions, context) -> NlpaugAugment:
     def build():
         import nlpaug.augmenter.word as naw
 
@@ -374,7 +374,7 @@ class SplitOptions(WordOptions):
             raise ValueError(f"augmentation option min_char must be at least 2 (a word splits into two parts), got {self.min_char}")
 
 
-def split(options: SplitOptions) -> NlpaugAugment:
+def split(options: SplitOptions, context) -> NlpaugAugment:
     def build():
         import nlpaug.augmenter.word as naw
 
@@ -404,7 +404,7 @@ def _wordnet_data() -> str:
     return f"nltk-{_version('nltk')}," + _file_ids(*files)
 
 
-def synonym(options: WordOptions) -> NlpaugAugment:
+def synonym(options: WordOptions, context) -> NlpaugAugment:
     resources.require_wordnet("The synonym augmentation")
 
     def build():
@@ -416,7 +416,7 @@ def synonym(options: WordOptions) -> NlpaugAugment:
     return NlpaugAugment("synonym", build, _wordnet_data)
 
 
-def antonym(options: WordOptions) -> NlpaugAugment:
+def antonym(options: WordOptions, context) -> NlpaugAugment:
     resources.require_wordnet("The antonym augmentation")
 
     def build():
@@ -510,7 +510,7 @@ def glove_vectors(max_vectors: int, top_k: int) -> GloveVectors:
     return GloveVectors(max_vectors=max_vectors, top_k=top_k)
 
 
-def glove(options: GloveOptions) -> NlpaugAugment:
+def glove(options: GloveOptions, context) -> NlpaugAugment:
     resources.glove_dir()
 
     def build():
@@ -542,7 +542,6 @@ class TfIdfOptions(WordOptions):
 
 
 def _corpus_texts(dataset: str) -> list[str]:
-    from testbed.data import data_dir, load_dataset_dir, read_rows
 
     path = Path(dataset).expanduser()
     root = data_dir()
@@ -598,7 +597,7 @@ def _tfidf_model(texts: list[str]):
     """The fitted nlpaug TfIdf model, read from the cache when this corpus was fitted before."""
     import nlpaug.model.word_stats as nmws
 
-    path = resources.cache_dir() / "nlpaug_tfidf" / f"{_corpus_digest(texts)}.json"
+    path = cache_dir() / "nlpaug_tfidf" / f"{_corpus_digest(texts)}.json"
     try:
         fitted = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -645,7 +644,7 @@ class TfIdfAugment(NlpaugAugment):
         # model no other run can be sure to share: a fingerprint of its own keeps them apart.
         return f"corpus-{_corpus_digest(self._corpus)}" if self._corpus is not None else self._unknown_corpus
 
-    def fit(self, texts: list[str]) -> "TfIdfAugment":
+    def fit(self, texts: list[str]) -> TfIdfAugment:
         if self.options.dataset:
             return self  # the option names the corpus explicitly
         if self._augmenter is not None and list(texts) != self._corpus:
@@ -675,7 +674,7 @@ class TfIdfAugment(NlpaugAugment):
         return FittedTfIdfAug(action=self.options.action, top_k=self.options.top_k, **self.options.word_kwargs())
 
 
-def tfidf(options: TfIdfOptions) -> TfIdfAugment:
+def tfidf(options: TfIdfOptions, context) -> TfIdfAugment:
     return TfIdfAugment(options)
 
 

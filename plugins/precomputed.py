@@ -15,9 +15,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed import Augmentation, UserError, hookimpl
-from testbed.data import data_dir, read_rows
-from testbed_plugins._text import Augmenter, uniforms
+from testbed import Augmentation, Augmenter, UserError, data_dir, hookimpl, read_rows
+from testbed_plugins._text import uniforms
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ def load_views(path: str, columns: tuple[str, ...], text_column: str, content_ha
     return exact, loose, columns
 
 
-def precomputed(options: PrecomputedOptions):
+def precomputed(options: PrecomputedOptions, context):
     path = find_file(options.path)
     fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     exact, loose, columns = load_views(str(path.resolve()), tuple(options.columns), options.text_column, fingerprint)

@@ -23,7 +23,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from testbed import ReportSection, hookimpl
+from testbed import ReportSection, hookimpl, summarize
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,6 @@ def published_section(results, context, table: PublishedTable, order: int = 80) 
     """Our cells beside ``table`` wherever a group of runs matches one of its settings."""
     import pandas as pd
 
-    from testbed.report_stats import summarize
-
     settings = table.settings()
     blocks: list = [f"Source: {table.source}. Settings (dataset, labeled examples in total): "
                     + ", ".join(f"{d} {n}" for d, n in settings) + f". {table.setup}. Published numbers are mean ± std "
@@ -107,7 +105,7 @@ def published_section(results, context, table: PublishedTable, order: int = 80) 
         errors = {cell: 100 * (1 - sub.test_accuracy.astype(float)) for cell, sub in runs.groupby("cell", sort=True)}
         methods = {cell: str(sub["method"].iloc[0]) for cell, sub in runs.groupby("cell", sort=True)}
         ours_supervised = next((e.mean() for c, e in errors.items() if methods[c] == "supervised"), math.nan)
-        theirs = lambda method: table.error_rates.get((dataset, labels, method))  # noqa: E731
+        theirs = lambda method, key=(dataset, labels): table.error_rates.get((*key, method))  # noqa: E731
         theirs_supervised = (theirs("supervised") or (math.nan,))[0]
         rows = []
         for cell, error in errors.items():

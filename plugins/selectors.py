@@ -453,8 +453,14 @@ class UncertaintySelector(BaseSelector):
 
     def __init__(self, options: UncertaintyOptions, context):
         self.options = options
-        self.teacher_passes = options.passes
         self.log_classes = math.log(max(context.num_classes, 2))
+
+    def choose(self, teacher, batch, indices, step):
+        """K stochastic (dropout) passes of the teacher, [K, B, C], instead of one."""
+        passes = torch.stack([teacher.probs(batch, stochastic=True) for _ in range(self.options.passes)])
+        selection = self.select(passes, indices, step)
+        selection.probs = passes.mean(0)
+        return selection
 
     def uncertainty(self, probs, mean, predicted):
         if self.options.measure == "std":

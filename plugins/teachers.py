@@ -1,8 +1,9 @@
 """Teachers: who produces the probabilities on the weak view.
 
-``probs`` runs without gradient and returns [B, C]; ``update`` runs after every optimizer step
-and returns True only when it replaced the student's weights (the loop then clears the
-optimizer's moments, which belong to the old weights). Teachers that are copies of the student
+``probs`` runs without gradient and returns [B, C]; ``update`` runs after every optimizer step;
+a teacher that replaces the student's weights calls ``training.restart()`` there (the optimizer's
+moments belong to the old weights). Each factory gets a ``TeacherContext``: the run's facts and
+the ``student``. Teachers that are copies of the student
 read ``batch.inputs`` (the student's tokens); teachers with their own backbone tokenize
 ``batch.texts`` with their own tokenizer, so the two models may have different vocabularies.
 """
@@ -89,7 +90,8 @@ class SelfOptions:
 class SelfTeacher(BaseTeacher):
     """The student itself, without gradient (FixMatch, UDA, pseudo-labelling)."""
 
-    def __init__(self, options: SelfOptions, context, student):
+    def __init__(self, options: SelfOptions, context):
+        student = context.student
         self.student, self.dropout = student, options.dropout
 
     @torch.no_grad()
@@ -127,7 +129,8 @@ class EmaTeacher(BaseTeacher):
     ``decay`` defaults to a budget-aware α (``RunContext.budget_momentum``), not 0.999.
     """
 
-    def __init__(self, options: EmaOptions, context, student):
+    def __init__(self, options: EmaOptions, context):
+        student = context.student
         self.decay = context.budget_momentum() if options.decay is None else options.decay
         self.dropout = options.dropout
         self.model = _frozen_copy(student)
@@ -138,13 +141,12 @@ class EmaTeacher(BaseTeacher):
         return _probabilities(self.model, batch.inputs, self.dropout or stochastic)
 
     @torch.no_grad()
-    def update(self, student, step):
+    def update(self, student, step, training):
         alpha = min(self.decay, 1.0 - 1.0 / (step + 1))
         # θ' ← θ' + (1 − α)(θ − θ') = α θ' + (1 − α) θ, all tensors in one fused call
         torch._foreach_lerp_(self.params, [p.detach() for p in student.parameters()], 1.0 - alpha)
         for mine, theirs in zip(self.buffers, student.buffers()):
             mine.copy_(theirs)
-        return False
 
 
 # --------------------------------------------------------------------------- snapshot
@@ -175,7 +177,8 @@ class SnapshotTeacher(BaseTeacher):
     No refresh happens at the last step, so the evaluated student is never a freshly reset one.
     """
 
-    def __init__(self, options: SnapshotOptions, context, student):
+    def __init__(self, options: SnapshotOptions, context):
+        student = context.student
         self.every, self.steps, self.dropout = math.ceil(context.steps / options.rounds), context.steps, options.dropout
         self.model = _frozen_copy(student)
         self.initial = {k: v.detach().clone() for k, v in student.state_dict().items()} if options.reinit_student else None
@@ -185,15 +188,14 @@ class SnapshotTeacher(BaseTeacher):
         return _probabilities(self.model, batch.inputs, self.dropout or stochastic)
 
     @torch.no_grad()
-    def update(self, student, step):
+    def update(self, student, step, training):
         if step % self.every or step >= self.steps:
-            return False
+            return
         self.model.load_state_dict(student.state_dict())
         self.refreshed_at.append(step)
-        if self.initial is None:
-            return False
-        student.load_state_dict(self.initial)  # in place: the optimizer still holds these parameters
-        return True  # the loop clears the optimizer's moments, which belonged to the old weights
+        if self.initial is not None:
+            student.load_state_dict(self.initial)  # in place: the optimizer still holds these parameters
+            training.restart()  # but its moments belonged to the old weights
 
 
 # --------------------------------------------------------------------------- model
@@ -225,7 +227,7 @@ class ModelTeacher(BaseTeacher):
     The backbones may differ (e.g. a larger teacher): the teacher tokenizes the texts itself.
     """
 
-    def __init__(self, options: ModelOptions, context, student):
+    def __init__(self, options: ModelOptions, context):
         labeled = _labeled_or_error(context, "model")
         self.temperature = options.temperature
         # A private RNG stream: the teacher's head and dropout neither depend on nor disturb the run's.
@@ -313,7 +315,8 @@ class CotrainTeacher(BaseTeacher):
     forward/backward and one extra student forward.
     """
 
-    def __init__(self, options: CotrainOptions, context, student):
+    def __init__(self, options: CotrainOptions, context):
+        student = context.student
         self.labeled = _labeled_or_error(context, "cotrain")
         self.threshold, self.batch_size = options.threshold, options.batch_size
         # seed + 1: the peer's head must differ from the student's (initialised with the run's seed)
@@ -341,7 +344,7 @@ class CotrainTeacher(BaseTeacher):
         inputs = self.tokens(batch.texts) if self.own_tokens else batch.inputs
         return _probabilities(self.peer, inputs, stochastic)
 
-    def update(self, student, step):
+    def update(self, student, step, training):
         idx = next(self.batches)
         texts, targets = [self.labeled.texts[i] for i in idx], [self.labels[idx]]
         unlabeled = 0
@@ -361,7 +364,6 @@ class CotrainTeacher(BaseTeacher):
         loss.backward()
         self.optimizer.step()
         self.peer.eval()
-        return False
 
 
 @hookimpl

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from testbed import Augmentation, UserError, hookimpl
-from testbed_plugins._text import Augmenter, check_at_least, check_probability, resolve_tokenizer_name, uniforms
+from testbed import Augmentation, Augmenter, UserError, hookimpl
+from testbed_plugins._text import check_at_least, check_probability, resolve_tokenizer_name, uniforms
 
 
 @functools.lru_cache(maxsize=8)
@@ -98,7 +98,7 @@ class TokenMaskOptions:
         check_probability(self, "p")
 
 
-def token_mask(options: TokenMaskOptions):
+def token_mask(options: TokenMaskOptions, context):
     def choose(u, _):
         chosen = np.flatnonzero(u < options.p)
         return chosen if len(chosen) else np.array([int(u.argmin())])
@@ -123,7 +123,7 @@ class SpanMaskOptions:
         check_at_least(self, "max_span", 1)
 
 
-def span_mask(options: SpanMaskOptions):
+def span_mask(options: SpanMaskOptions, context):
     o = options
     start_p = o.p / o.span
     log_go_on = math.log(1.0 - 1.0 / o.span) if o.span > 1 else None
@@ -160,7 +160,7 @@ class TokenDropoutOptions:
         check_probability(self, "p")
 
 
-def token_dropout(options: TokenDropoutOptions):
+def token_dropout(options: TokenDropoutOptions, context):
     def choose(u, _):
         dropped = u < options.p
         if not dropped.any():

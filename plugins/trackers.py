@@ -27,8 +27,7 @@ import time
 import warnings
 from pathlib import Path
 
-from testbed import UserError, hookimpl
-from testbed.results import flatten
+from testbed import UserError, flatten, hookimpl
 
 ENV = "TESTBED_TRACKERS"
 BUILTIN = ("mlflow", "tensorboard")
@@ -59,7 +58,7 @@ def _guard(tracker: str, what: str):
     def guard():
         try:
             yield
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             warnings.warn(f"tracker {tracker} could not {what}: {type(exc).__name__}: {exc}", stacklevel=3)
     return guard()
 

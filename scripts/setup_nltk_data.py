@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import ClassVar
 
 WORDNET_SOURCES = ("/usr/share/wordnet", "/usr/local/WordNet-3.0/dict", "/usr/share/wordnet/dict")
 WORDNET_NEEDED = ("data.noun", "data.verb", "data.adj", "data.adv", "index.noun", "index.verb", "index.adj",
@@ -149,7 +150,7 @@ def setup_wordnet(target: Path) -> bool:
 class _PlainUnpickler(pickle.Unpickler):
     """Admits only the containers the tagger pickle is made of: no code runs while loading."""
 
-    ALLOWED = {("__builtin__", "set"): set, ("builtins", "set"): set,
+    ALLOWED: ClassVar[dict] = {("__builtin__", "set"): set, ("builtins", "set"): set,
                ("__builtin__", "dict"): dict, ("builtins", "dict"): dict,
                ("collections", "defaultdict"): dict}
 

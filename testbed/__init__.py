@@ -5,25 +5,61 @@ The public API is what this module exports: plugins (built-in or third-party) im
 The hooks are listed in ``testbed.hookspecs``.
 """
 
-# --- records, data types and protocols of the seams
+from testbed.data import (
+    DATA_DIR_ENV,
+    data_dir,
+    infer_label_names,
+    load_dataset_dir,
+    load_dataset_files,
+    read_rows,
+    rows_to_texts,
+)
 from testbed.errors import UserError
 from testbed.hookspecs import hookimpl
+from testbed.report_plots import cd_diagram, heatmap, line_plot, new_figure, reliability_plot, threshold_plot
+from testbed.report_stats import (
+    ALPHA,
+    CI_NEEDS,
+    PAIRED_RULE,
+    calibration,
+    format_ci,
+    format_effect,
+    format_mean_std,
+    format_number,
+    format_p,
+    format_value,
+    friedman,
+    holm,
+    paired_test,
+    per_class_f1,
+    summarize,
+    verdict,
+)
+from testbed.resources import cache_dir, git_commit, refuse_shared_data
+from testbed.results import flatten
+from testbed.store import CacheEntry, store_dir, text_digests
 from testbed.types import (
     Augmentation,
     AugmentationContext,
     AugmentationSpec,
+    Augmenter,
     Backbone,
+    BackboneContext,
     BaseExecutor,
     BaseSelector,
     BaseTeacher,
+    Component,
     Dataset,
+    DatasetContext,
     DatasetSplits,
     Distance,
     Executor,
     ExecutorContext,
     NoOptions,
     Preset,
+    Record,
     ReportContext,
+    ReportDetails,
     ReportFigure,
     ReportSection,
     RunContext,
@@ -31,22 +67,27 @@ from testbed.types import (
     Selection,
     Selector,
     Teacher,
-    Texts,
+    TeacherContext,
     TextBatch,
+    Texts,
+    Training,
 )
-
-# --- helpers for plugins: data files, caches, models, writes
-
-# --- helpers for report sections: loading results, statistics, plots
 
 __version__ = "0.1.0"
 
 __all__ = [
-    # records, data types and protocols of the seams
-    "Augmentation", "AugmentationContext", "AugmentationSpec", "Backbone", "BaseExecutor", "BaseSelector", "BaseTeacher",
-    "Dataset", "DatasetSplits", "Distance", "Executor", "ExecutorContext", "NoOptions", "Preset", "ReportContext",
-    "ReportFigure", "ReportSection", "RunContext", "Schedule", "Selection", "Selector", "Teacher", "TextBatch", "Texts",
-    "UserError", "hookimpl", "__version__",
-    # helpers for plugins: data files, caches, models, writes
-    # helpers for report sections: loading results, statistics, plots
+    # the hooks' records, the contexts factories get, the interfaces of what they build
+    "Augmentation", "AugmentationContext", "AugmentationSpec", "Augmenter", "Backbone", "BackboneContext", "BaseExecutor",
+    "BaseSelector", "BaseTeacher", "Component", "Dataset", "DatasetContext", "DatasetSplits", "Distance", "Executor",
+    "ExecutorContext", "NoOptions", "Preset", "Record", "RunContext", "Schedule", "Selection", "Selector", "Teacher",
+    "TeacherContext", "TextBatch", "Texts", "Training", "UserError", "hookimpl", "__version__",
+    # datasets and local data
+    "DATA_DIR_ENV", "data_dir", "infer_label_names", "load_dataset_dir", "load_dataset_files", "read_rows", "rows_to_texts",
+    # caches (one content-addressed store) and outputs
+    "CacheEntry", "cache_dir", "flatten", "git_commit", "refuse_shared_data", "store_dir", "text_digests",
+    # report sections: statistics, formatting, plots
+    "ALPHA", "CI_NEEDS", "PAIRED_RULE", "ReportContext", "ReportDetails", "ReportFigure", "ReportSection", "calibration",
+    "cd_diagram", "format_ci", "format_effect", "format_mean_std", "format_number", "format_p", "format_value", "friedman",
+    "heatmap", "holm", "line_plot", "new_figure", "paired_test", "per_class_f1", "reliability_plot", "summarize",
+    "threshold_plot", "verdict",
 ]

@@ -135,6 +135,7 @@ def _flatten(nested: dict, prefix: str = ""):
 def datasets(ctx, as_json):
     """List the datasets found in the data directory: sizes and classes."""
     from testbed.data import data_dir
+    from testbed.types import DatasetContext
 
     reg = registry(ctx)
     rows = []
@@ -143,7 +144,7 @@ def datasets(ctx, as_json):
         if dataclasses.fields(record.options):
             continue  # needs options (a path, a hub id): nothing to list without them
         try:
-            data = record.factory(record.options())
+            data = record.factory(record.options(), DatasetContext(data_dir=data_dir()))
         except UserError as exc:
             rows.append({"name": name, "error": str(exc)})
             continue
@@ -170,9 +171,8 @@ def datasets(ctx, as_json):
               help="Cells go to OUT/<run_id>/, shared with `testbed run` and other grids.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Cells run in parallel.")
 @click.option("--executor", default="local", show_default=True, help="serial, local, dask, or an executor plugin.")
-@click.option("--scheduler", default=None, metavar="ADDRESS", help="dask: a running scheduler, e.g. tcp://HOST:8786.")
 @click.option("--executor-option", "-X", "executor_options", multiple=True, metavar="KEY=VALUE",
-              help="An option of the executor (repeatable), e.g. -X start_method=forkserver.")
+              help="An option of the executor (repeatable), e.g. -X start_method=forkserver, -X scheduler=tcp://HOST:8786 (dask).")
 @click.option("--dry-run", is_flag=True, help="Print the cells and their status; run nothing.")
 @click.option("--force", is_flag=True, help="Rerun cells that are already finished.")
 @click.option("--retry-failed", is_flag=True, help="Rerun cells that failed before (skipped otherwise).")
@@ -180,7 +180,7 @@ def datasets(ctx, as_json):
               help="Log every cell to these trackers too, e.g. mlflow,tensorboard (sets $TESTBED_TRACKERS).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def grid(ctx, args, out_dir, workers, executor, scheduler, executor_options, dry_run, force, retry_failed, trackers, quiet):
+def grid(ctx, args, out_dir, workers, executor, executor_options, dry_run, force, retry_failed, trackers, quiet):
     """Run an ablation grid: testbed grid [GRID.toml] [key=v1,v2 ...] [key=value ...]
 
     key=v1,v2 adds an axis (or replaces the file's); key=value sets a base value ([1,2] and "a,b"
@@ -190,7 +190,7 @@ def grid(ctx, args, out_dir, workers, executor, scheduler, executor_options, dry
     Examples:
       testbed grid benchmarks/ablation_tiny.toml --workers 2
       testbed grid benchmarks/ablation_tiny.toml distance.name=l1,kl seed=0,1,2 --dry-run
-      testbed grid benchmarks/ablation_minilm.toml --executor dask --scheduler tcp://HOST:8786
+      testbed grid benchmarks/ablation_minilm.toml --executor dask -X scheduler=tcp://HOST:8786
     """
     from testbed.config import parse_overrides
     from testbed.grid import expand, load_grid, run_grid, save_grid_file, status_table
@@ -200,8 +200,6 @@ def grid(ctx, args, out_dir, workers, executor, scheduler, executor_options, dry
         raise UserError(f"Expected at most one grid file and key=value overrides, got files {files}.")
     spec = load_grid(files[0] if files else None, [a for a in args if "=" in a])
     options = {key: value for key, value in _flatten(parse_overrides(list(executor_options)))}
-    if scheduler:
-        options["scheduler"] = scheduler
     reg = registry(ctx)
     cells = expand(spec, reg)  # every cell resolved and checked before anything runs
     if dry_run:
@@ -270,21 +268,22 @@ def report(ctx, runs_dirs, out_dir, baseline, group_by, title):
 @click.option("--json", "as_json", is_flag=True, help="Print the cache directory, sizes and entries as JSON.")
 @click.pass_context
 def cache(ctx, as_json):
-    """The caches under $TESTBED_CACHE: augmentation views (views/) and frozen-encoder outputs
-    (features/), their sizes and entries; `testbed cache clear` empties them."""
+    """The cache under $TESTBED_CACHE: its entries by kind (augmentation views in views/,
+    frozen-encoder outputs in features/, and any plugin's), with sizes; `testbed cache clear`
+    removes them."""
     if ctx.invoked_subcommand is None:
-        from testbed.views import cache_report
+        from testbed.store import cache_report
 
         click.echo(cache_report(as_json))
 
 
 @cache.command("clear")
 @click.argument("name", required=False)
-@click.option("--all", "everything", is_flag=True, help="Remove every cached view and feature.")
+@click.option("--all", "everything", is_flag=True, help="Remove every cache entry (views, features, any plugin's).")
 def cache_clear(name, everything):
-    """Remove the cached views of augmentation NAME, the features of encoder NAME (or an entry
-    directory), or --all."""
-    from testbed.views import clear_cache
+    """Remove the entries of NAME (an augmentation's views, an encoder's features, any producer
+    `testbed cache` lists, or one entry directory), or --all."""
+    from testbed.store import clear_cache
 
     click.echo(clear_cache(name, everything))
 

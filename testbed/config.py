@@ -99,8 +99,6 @@ DEFAULTS: dict[str, Any] = {
     "tsa": {"name": "constant", "weight": 1.0},  # η = 1: no labeled example is ever masked
 }
 NOT_IN_RUN_ID = {("train", "threads")}
-HF_BACKBONE = "huggingface"  # record used for backbone names that are paths or hub ids
-FILES_DATASET = "files"  # record used for dataset names that are paths
 
 
 @dataclass(frozen=True)
@@ -332,23 +330,32 @@ def _reject_unknown_sections(merged: dict) -> None:
 
 
 def _route_shorthands(merged: dict, registry) -> None:
-    """Names that are not registered but say what they mean: ``dataset.name=path/to/file.csv``
-    means the ``files`` dataset; ``backbone.name=bert-base-uncased`` the Hugging Face backbone."""
-    dataset = merged.setdefault("dataset", {})
-    name = dataset.get("name", DatasetConfig.name)
-    if isinstance(name, str) and name not in registry.records["dataset"] and Path(name).exists():
-        dataset.update(name=FILES_DATASET, path=name)
-    backbone = merged.setdefault("backbone", {})
-    name = backbone.get("name", BackboneConfig.name)
-    registered = registry.records["backbone"]
-    if isinstance(name, str) and name not in registered and HF_BACKBONE in registered:
+    """Names that are not registered but that a record claims (its ``shorthand``): for the dataset
+    and backbone sections, ``dataset.name=path/to/file.csv`` may mean the dataset whose shorthand
+    takes paths, ``backbone.name=bert-base-uncased`` the backbone whose shorthand takes hub ids.
+    A name close to a registered one is a typo, not a hub id, unless it is an existing path."""
+    for section, default in (("dataset", DatasetConfig.name), ("backbone", BackboneConfig.name)):
+        values = merged.setdefault(section, {})
+        name = values.get("name", default)
+        registered = registry.records[section]
+        if not isinstance(name, str) or name in registered:
+            continue
+        claims = [(record, options) for record, _ in registered.values() if record.shorthand
+                  for options in [record.shorthand(name)] if options is not None]
+        if not claims:
+            continue
         close = difflib.get_close_matches(name, list(registered), n=1, cutoff=0.8)
         if close and not Path(name).exists():
-            raise UserError(
-                f"Unknown backbone {name!r}. Did you mean {close[0]!r}? To load a Hugging Face model of "
-                f"that name, use backbone.name={HF_BACKBONE} backbone.model={name}."
-            )
-        backbone.update(name=HF_BACKBONE, model=name)
+            record = claims[0][0]
+            keys = " ".join(f"{section}.{key}={value}" for key, value in claims[0][1].items())
+            raise UserError(f"Unknown {section} {name!r}. Did you mean {close[0]!r}? To mean {name!r} as the "
+                            f"{record.name} {section} does, use {section}.name={record.name} {keys}.")
+        if len(claims) > 1:
+            owners = ", ".join(repr(record.name) for record, _ in claims)
+            raise UserError(f"The {section} name {name!r} is claimed by several {section}s ({owners}); "
+                            f"set {section}.name to one of them and give its options.")
+        record, options = claims[0]
+        values.update(name=record.name, **options)
 
 
 def build_section(section: str, core_cls: type | None, values: dict, record: Record | None):

@@ -57,7 +57,7 @@ def read_rows(path: Path) -> list[dict]:
 
         try:
             frame = pd.read_csv(path, keep_default_na=False) if name.endswith(".csv") else pd.read_parquet(path)
-        except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many types for a bad file
+        except Exception as exc:
             raise UserError(f"Could not read {str(path)!r}: {type(exc).__name__}: {exc}. Check that it is a valid, non-empty file.") from None
         return frame.to_dict("records")
     raise UserError(f"Data file {str(path)!r} has an unsupported format; use one of {', '.join(SUFFIXES)}.")

@@ -19,9 +19,9 @@ A grid file::
     "augmentation.strong" = ["identity", "drop_swap", {name = "drop_swap", p_delete = 0.3}]
 
 The run id of a cell is the hash of its resolved config, so a cell that is already finished in
-``OUT`` (by this grid, another grid or ``testbed run``) is never run again; the worker that runs
-a cell holds its lock (``testbed.runs.run_lock``), so two grids on one directory never run the
-same cell at once.
+``OUT`` (by this grid, another grid or ``testbed run``) is never run again. A cell runs through
+``testbed.runs.execute``, which holds the run's lock while it runs, so two grids (or a grid and
+``testbed run``) on one directory never run the same cell at once.
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
 import time
-import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -408,11 +406,12 @@ def run_cell(task: Task) -> dict:
 
 
 def _run_cell(task: Task) -> dict:
+    """The cell through ``testbed.runs.execute``, which owns its directory (lock, cleanup,
+    error.json); its outcome mapped onto the grid's statuses."""
     started = time.perf_counter()
     from testbed.config import resolve, set_dotted
-    from testbed.runs import atomic_write_json, execute, lock_holder, run_lock, run_status
+    from testbed.runs import RunFailedBefore, RunHeldElsewhere, execute
 
-    out, run_dir = Path(task.out_dir), Path(task.out_dir) / task.run_id
     outcome = {"index": task.index, "run_id": task.run_id, "pid": os.getpid()}
     try:
         registry = _worker_registry(task.plugins_dirs, task.strict)
@@ -424,36 +423,18 @@ def _run_cell(task: Task) -> dict:
         if cfg.run_id != task.run_id:
             raise UserError(f"this worker resolves the cell to run id {cfg.run_id}, not {task.run_id}: "
                             "its testbed or plugins differ from those of the process that started the grid")
-    except Exception as exc:  # noqa: BLE001 - reported as the cell's failure
+        _, result, ran = execute(cfg, registry, task.out_dir, force=task.force, progress=False,
+                                 retry_failed=task.retry_failed, cell=task.label)
+    except RunHeldElsewhere as exc:
+        return {**outcome, "status": "elsewhere", "holder": exc.holder}
+    except RunFailedBefore:
+        return {**outcome, "status": "failed-before"}
+    except Exception as exc:
         return {**outcome, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - started}
-
-    with run_lock(out, task.run_id) as mine:
-        if not mine:
-            return {**outcome, "status": "elsewhere", "holder": lock_holder(out, task.run_id)}
-        if not task.force and run_status(out, task.run_id, probe_lock=False) == "done":
-            return {**outcome, "status": "done"}
-        if not (task.force or task.retry_failed) and (run_dir / "error.json").is_file():
-            return {**outcome, "status": "failed-before"}
-        if run_dir.exists() and not (run_dir / "result.json").is_file():
-            shutil.rmtree(run_dir)  # an interrupted or failed attempt: its leftovers must not mix with this one's error
-        try:
-            _, result, _ = execute(cfg, registry, out, force=task.force, progress=False)
-        except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the grid
-            error = f"{type(exc).__name__}: {exc}"
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if not (run_dir / "config.json").is_file():  # failed in prepare, before the run directory existed
-                atomic_write_json(run_dir / "config.json", cfg.resolved)
-            atomic_write_json(run_dir / "error.json", {"error": error, "traceback": traceback.format_exc(),
-                                                       "cell": task.label, "at": _now()})
-            return {**outcome, "status": "failed", "error": error, "seconds": time.perf_counter() - started}
+    if not ran:
+        return {**outcome, "status": "done"}
     return {**outcome, "status": "ran", "seconds": time.perf_counter() - started,
             **{k: result.get(k) for k in ("test_accuracy", "train_seconds", "wall_seconds")}}
-
-
-def _now() -> str:
-    import datetime
-
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def available_cores() -> int:
@@ -499,10 +480,11 @@ def run_grid(cells: list[Cell], registry, out_dir: str | Path, *, executor: str 
     from testbed.resources import refuse_shared_data
 
     refuse_shared_data(out_dir, "The runs directory", "Pass --out somewhere else, e.g. runs.")
-    from testbed.config import build_section
-    from testbed.types import ExecutorContext
-    from testbed.runs import run_status
     from tqdm.auto import tqdm
+
+    from testbed.config import build_section
+    from testbed.runs import run_status
+    from testbed.types import ExecutorContext
 
     started = time.perf_counter()
     out = Path(out_dir).resolve()
@@ -558,8 +540,9 @@ def run_grid(cells: list[Cell], registry, out_dir: str | Path, *, executor: str 
                     elif status == "failed":
                         report.failed.append((task.run_id, outcome["error"]))
                         counts["failed"] += 1
-                        say(f"cell {task.index} ({task.label}) failed: {outcome['error']} "
-                            f"-> {out / task.run_id / 'error.json'}")
+                        error_file = out / task.run_id / "error.json"  # none where the run was left untouched (damaged)
+                        say(f"cell {task.index} ({task.label}) failed: {outcome['error']}"
+                            + (f" -> {error_file}" if error_file.is_file() else ""))
                     elif status == "failed-before":
                         report.failed_before.append(task.run_id)
                         counts["skipped"] += 1
@@ -612,7 +595,7 @@ def save_grid_file(path: str | Path, overrides: list[str], out_dir: str | Path) 
     from testbed.resources import refuse_shared_data
 
     refuse_shared_data(out_dir, "The runs directory", "Pass --out somewhere else, e.g. runs.")
-    from testbed.runs import atomic_write_text
+    from testbed.atomic import atomic_write_text
 
     path = Path(path)
     header = f"# copied by `testbed grid {path.name}{''.join(' ' + o for o in overrides)}` for provenance\n"

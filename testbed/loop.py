@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from testbed.config import RunConfig
-from testbed.data import Split, make_split
-from testbed.types import BaseSelector, BaseTeacher, RunContext, TextBatch
+from testbed.data import Split, data_dir, make_split
 from testbed.model import accuracy_and_macro_f1, predict, tokenize
+from testbed.types import BackboneContext, BaseSelector, BaseTeacher, DatasetContext, RunContext, TeacherContext, TextBatch, Training
 from testbed.views import Views, open_views
 
 
@@ -39,38 +39,44 @@ class Parts:
     views: Views  # weak and strong views of the pool, cached on disk (testbed.views)
 
 
-def backbone_loader(registry, num_labels: int):
-    """``load(name)`` -> (model, tokenizer) for any backbone name, path or hub id, default options."""
+def backbone_context(registry, num_labels: int) -> BackboneContext:
+    """What a backbone's factory gets: ``load_backbone(name)`` -> (model, tokenizer) for any backbone
+    name, path or hub id with its default options, through ``registry`` (the run's own, so a
+    backbone that wraps another sees plugins from --plugins-dir too)."""
     from testbed.config import resolve
 
     def load(name: str):
         choice = resolve({"backbone": {"name": name}}, registry).choices["backbone"]
-        return choice.record.factory(choice.options, num_labels)
+        return choice.record.factory(choice.options, context)
 
-    return load
+    context = BackboneContext(num_labels=num_labels, load_backbone=load)
+    return context
 
 
 def prepare(cfg: RunConfig, registry=None) -> Parts:
+    if registry is None:
+        from testbed.plugins import load_plugins
+
+        registry = load_plugins()
     choice = cfg.choices
-    data = choice["dataset"].record.factory(choice["dataset"].options)
+    build = lambda seam, context: choice[seam].record.factory(choice[seam].options, context)  # noqa: E731
+    data = build("dataset", DatasetContext(data_dir=data_dir()))
     split = make_split(data, cfg.dataset.labels_per_class, cfg.dataset.validation_per_class, cfg.seed,
                        cfg.dataset.unlabeled_limit, cfg.dataset.test_limit, where=f"dataset {cfg.dataset.name!r}")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)  # the classifier head's initialisation
-    student, tokenizer = choice["backbone"].record.factory(choice["backbone"].options, split.num_classes)
+    backbones = backbone_context(registry, split.num_classes)
+    student, tokenizer = build("backbone", backbones)
     ctx = RunContext(num_classes=split.num_classes, pool_size=len(split.pool_texts), steps=cfg.train.steps, seed=cfg.seed,
                      labeled=split.labeled, unlabeled_batch_size=cfg.train.batch_size * cfg.train.unlabeled_ratio,
-                     load_backbone=backbone_loader(registry, split.num_classes) if registry else None,
+                     load_backbone=backbones.load_backbone,
                      tokenize=lambda texts: tokenize(tokenizer, texts, cfg.backbone.max_length))
     views = open_views(cfg, split.pool_texts, registry)
     return Parts(
         split=split, student=student, tokenizer=tokenizer, views=views,
-        teacher=choice["teacher"].record.factory(choice["teacher"].options, ctx, student),
-        selector=choice["selector"].record.factory(choice["selector"].options, ctx),
-        distance=choice["distance"].record.factory(choice["distance"].options),
-        schedule=choice["schedule"].record.factory(choice["schedule"].options, ctx),
-        tsa=choice["tsa"].record.factory(choice["tsa"].options, ctx),
+        teacher=build("teacher", TeacherContext(**vars(ctx), student=student)),
+        selector=build("selector", ctx), distance=build("distance", ctx), schedule=build("schedule", ctx), tsa=build("tsa", ctx),
     )
 
 
@@ -102,6 +108,12 @@ class PseudoLabelTally:
         self.weight_sum = self.confidence_sum = self.sup_loss = self.unsup_loss = self.tsa_kept = 0.0
         self.steps = self.unsup_steps = 0
         self.per_class = None  # [3, C]: selected pseudo-labels = c, of those gold c, gold c seen (known gold only)
+
+    def add_labeled(self, loss: float, kept: float):
+        """One step's supervised loss and the share of labeled examples TSA kept in it."""
+        self.sup_loss += loss
+        self.tsa_kept += kept
+        self.steps += 1
 
     def add_unlabeled(self, weights, targets, teacher_probs, gold: np.ndarray, unsup_loss: float):
         chosen = (weights > 0).numpy()
@@ -151,9 +163,19 @@ def evaluate(parts: Parts, cfg: RunConfig, probs_out: dict | None = None) -> dic
     return out
 
 
+@dataclass
+class Trained:
+    """What a run produced: ``result`` (result.json: test metrics of the last and the
+    best-on-validation evaluation, pseudo-label quality, sizes, times) and ``predictions`` (the
+    arrays of predictions.npz: test probabilities of both checkpoints and the test labels)."""
+
+    result: dict[str, Any]
+    predictions: dict[str, Any]
+
+
 def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = lambda record: None,
-          progress: bool = True) -> dict[str, Any]:
-    """Train for ``cfg.train.steps`` steps; return last and best-on-validation test metrics."""
+          progress: bool = True) -> Trained:
+    """Train for ``cfg.train.steps`` steps; ``on_evaluation`` gets each evaluation's record."""
     t, split, student = cfg.train, parts.split, parts.student
     seeds = np.random.SeedSequence(cfg.seed).spawn(3)
     labeled = Sampler(len(split.labeled), t.batch_size, np.random.default_rng(seeds[0]))
@@ -163,7 +185,7 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
     optimizer = torch.optim.AdamW(student.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / t.warmup_steps) if t.warmup_steps else 1.0)
     tokens = lambda texts: tokenize(parts.tokenizer, texts, cfg.backbone.max_length)  # noqa: E731
-    passes = parts.selector.teacher_passes
+    training = Training(optimizer, warmup)  # what a teacher that re-initialises the student restarts
 
     torch.manual_seed(cfg.seed)
     student.train()
@@ -179,33 +201,25 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
         eta = parts.tsa(step)  # UDA's TSA: drop examples whose correct-class probability exceeds η
         keep = (logits.detach().softmax(-1).gather(1, labels[idx, None]).squeeze(1) <= eta).float()
         loss = (per_example * keep).sum() / keep.sum().clamp(min=1)
-        tally.sup_loss += float(loss.detach())
-        tally.tsa_kept += float(keep.mean())
-        tally.steps += 1
+        tally.add_labeled(float(loss.detach()), float(keep.mean()))
         weight = parts.schedule(step)
         if unlabeled is not None and weight > 0:
             uidx = unlabeled.next()
             drawing = time.perf_counter()
             weak, strong = parts.views.draw(uidx)  # variant (draws of the text) mod K, from the cache or computed
             augment_seconds += time.perf_counter() - drawing
-            weak_batch = TextBatch(weak, tokens)
-            if passes == 1:
-                probs = parts.teacher.probs(weak_batch)
-            else:
-                probs = torch.stack([parts.teacher.probs(weak_batch, stochastic=True) for _ in range(passes)])
-            chosen = parts.selector.select(probs, torch.as_tensor(uidx), step)
-            probs = probs if passes == 1 else probs.mean(0)
+            chosen = parts.selector.choose(parts.teacher, TextBatch(weak, tokens), torch.as_tensor(uidx), step)
+            targets, weights = chosen.targets.detach(), chosen.weights.detach()  # targets never carry gradient
             student_logits = student(**tokens(strong)).logits
-            consistency = (parts.distance(student_logits, chosen.targets) * chosen.weights).mean()
+            consistency = (parts.distance(student_logits, targets) * weights).mean()
             loss = loss + weight * consistency
             for counter in (tally, whole_run):
-                counter.add_unlabeled(chosen.weights.detach(), chosen.targets.detach(), probs, split.pool_gold[uidx], float(consistency.detach()))
+                counter.add_unlabeled(weights, targets, chosen.probs.detach(), split.pool_gold[uidx], float(consistency.detach()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         warmup.step()
-        if parts.teacher.update(student, step):  # the student was re-initialised
-            optimizer.state.clear()
+        parts.teacher.update(student, step, training)
 
         if step % t.eval_every == 0 or step == t.steps:
             eval_started = time.perf_counter()
@@ -223,7 +237,7 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
 
     wall = time.perf_counter() - started
     best, best_probs = (best, best_probs) if best else (record, last_probs)
-    return {
+    return Trained(result={
         "test_accuracy": record["test_accuracy"], "test_macro_f1": record["test_macro_f1"],
         "test_accuracy_best_val": best["test_accuracy"], "test_macro_f1_best_val": best["test_macro_f1"],
         "best_val_step": best["step"], "val_accuracy_best": best["val_accuracy"],
@@ -234,7 +248,6 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
         "unlabeled_size": len(split.pool_texts), "test_size": len(split.test),
         "augment_seconds": augment_seconds, "pseudo_label_per_class": None if whole_run.per_class is None else
         dict(zip(("selected", "correct", "gold"), whole_run.per_class.tolist())),  # per class c, over the whole run
-        # arrays for predictions.npz (runs.execute pops them): calibration and per-class metrics in reports
-        "predictions": {"test_probs_last": last_probs.get("test"), "test_probs_best_val": best_probs.get("test"),
-                        "test_labels": np.asarray(split.test.labels)},
-    }
+    }, predictions={  # calibration and per-class metrics in reports
+        "test_probs_last": last_probs.get("test"), "test_probs_best_val": best_probs.get("test"),
+        "test_labels": np.asarray(split.test.labels)})

@@ -1,35 +1,9 @@
-"""Backbones (Hugging Face sequence classifiers) and the batching around them."""
+"""The batching around a backbone: tokenizing, predicting, scoring."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-
-from testbed.errors import UserError
-
-
-def load_pretrained(model_id: str, num_labels: int):
-    """A sequence classifier and tokenizer from a local path or hub id; a fresh head on top
-    when the checkpoint has none (e.g. a sentence-embedding model)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected, not news
-    hf_logging.disable_progress_bar()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_id)
-        model = AutoModelForSequenceClassification.from_pretrained(model_id, num_labels=num_labels)
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"Could not load backbone {model_id!r} as a Hugging Face model (local path or hub id): {str(exc).rstrip('.')}. "
-            "Check the path, or go online / set HF_HUB_OFFLINE=0 for hub ids; `testbed plugins` lists named backbones."
-        ) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-    return model, tokenizer
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:

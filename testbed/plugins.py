@@ -21,7 +21,7 @@ import pluggy
 from testbed import hookspecs
 from testbed.errors import UserError, did_you_mean
 from testbed.hookspecs import KINDS
-from testbed.types import Record
+from testbed.types import Component, Record
 
 ENTRY_POINT_GROUP = "testbed"
 PLUGINS_DIR_ENV = "TESTBED_PLUGINS_DIR"
@@ -92,7 +92,7 @@ def _register(pm, module, name, source, strict, failures, infos) -> None:
     try:
         _check_hook_names(module)
         pm.register(module, name=name)
-    except Exception as exc:  # noqa: BLE001 - any plugin bug must be contained
+    except Exception as exc:
         _fail(name, _describe(exc), strict, failures)
         return
     infos.append(PluginInfo(name=name, source=source))
@@ -116,7 +116,7 @@ def load_plugins(plugins_dirs: Iterable[str | Path] = (), strict: bool | None = 
         dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
         try:
             module = ep.load()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _fail(ep.name, f"import of {ep.value} failed: {_describe(exc)}", strict, failures)
             continue
         _register(pm, module, ep.name, f"entry point of {dist}", strict, failures, infos)
@@ -133,7 +133,7 @@ def load_plugins(plugins_dirs: Iterable[str | Path] = (), strict: bool | None = 
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[module_name] = module
                 spec.loader.exec_module(module)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 sys.modules.pop(module_name, None)
                 _fail(path.stem, f"import of {path} failed: {_describe(exc)}", strict, failures)
                 continue
@@ -154,7 +154,7 @@ def _collect(pm, infos: list[PluginInfo], strict: bool, failures: list) -> dict:
                 provided = list(impl.function() or ())
                 for record in provided:
                     _validate(record, record_type, kind)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 _fail(plugin, f"{hook_name}() failed: {_describe(exc)}", strict, failures)
                 continue
             for record in provided:
@@ -174,5 +174,8 @@ def _validate(record: object, record_type: type, kind: str) -> None:
         raise TypeError(f"returned {record!r}, expected testbed.{record_type.__name__} records")
     if not isinstance(record.name, str) or not record.name or "=" in record.name:
         raise TypeError(f"{kind} name {record.name!r} must be a non-empty string without '='")
-    if not dataclasses.is_dataclass(record.options):
-        raise TypeError(f"{kind} {record.name!r}: options must be a dataclass type, got {record.options!r}")
+    if isinstance(record, Component):
+        if not dataclasses.is_dataclass(record.options):
+            raise TypeError(f"{kind} {record.name!r}: options must be a dataclass type, got {record.options!r}")
+        if not callable(record.factory):
+            raise TypeError(f"{kind} {record.name!r}: factory must be callable as factory(options, context), got {record.factory!r}")

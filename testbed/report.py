@@ -4,8 +4,12 @@
 
 A *group* is a dataset and label budget (``dataset.name``, ``dataset.labels_per_class``); a *cell*
 is what is compared within a group: the config keys that vary across the runs (seed excluded;
-``--group-by`` chooses them), e.g. the method. Seeds are the replicates. Sections are
-ReportSection records (testbed.types); plugins add their own with ``testbed_report_sections``.
+``--group-by`` chooses them), e.g. the method. Seeds are the replicates.
+
+This module reads the runs (each file once), decides groups, cells, order and colors, computes the
+leaderboard and the paired comparisons (summary.csv, comparisons.csv), and renders. Every section,
+the built-in ones included, is a ReportSection from the ``testbed_report_sections`` hook, which
+gets the runs table and that ReportContext.
 
     >>> from testbed.report import render_report
     >>> render_report(["runs"], "reports/first", baseline="supervised")
@@ -13,38 +17,28 @@ ReportSection records (testbed.types); plugins add their own with ``testbed_repo
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from testbed import __version__
 from testbed.errors import UserError
-from testbed.types import ReportContext, ReportFigure, ReportSection
-from testbed.resources import git_commit, refuse_shared_data
-from testbed.report_stats import (ALPHA, CI_NEEDS, PAIRED_RULE, calibration, friedman, holm, paired_test, per_class_f1,
-                                  summarize, verdict)
+from testbed.report_stats import format_value, holm, paired_test, summarize, verdict
+from testbed.resources import refuse_shared_data
+from testbed.types import ReportContext, ReportDetails, ReportFigure, ReportSection
 
 GROUP_KEYS = ("dataset.name", "dataset.labels_per_class")
 CHECKPOINTS = {"last": ("test_accuracy", "test_macro_f1"), "best on validation": ("test_accuracy_best_val", "test_macro_f1_best_val")}
 EXTRA_RESULT_KEYS = ("augment_seconds", "eval_seconds", "labeled_size", "unlabeled_size", "test_size", "started_at",
                      "finished_at", "machine", "pseudo_label_per_class", "testbed_version", "git_commit", "label_names")
-MAX_FIGURE_CELLS = 10  # lines per plot; more cells are plotted as the best ones on the leaderboard
-
-
-
-@dataclass(frozen=True)
-class Details:
-    """A collapsed block: <details><summary>summary</summary><pre>text</pre></details>."""
-
-    summary: str
-    text: str
+COMPARISON_COLUMNS = ["group", "checkpoint", "cell", "baseline", "pairs", "mean_diff", "ci95_low", "ci95_high", "test", "p",
+                      "effect_dz", "p_holm", "verdict"]
 
 
 # --------------------------------------------------------------------------- loading
@@ -52,14 +46,6 @@ class Details:
 
 def _hashable(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
-
-
-def _show(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    from testbed.grid import show
-
-    return show(value)
 
 
 def _short(key: str) -> str:
@@ -85,17 +71,19 @@ def implied_keys_dropped(frame, keys: list[str]) -> list[str]:
 
 def load_report_table(runs_dirs: Sequence[str | Path], group_by: Sequence[str] = ()):
     """The runs of every directory as one DataFrame: load_results columns (all config keys), the
-    extra result.json fields, ``runs_dir``, ``group`` and ``cell`` labels; and the cell keys."""
+    extra result.json fields, ``runs_dir``, ``group`` and ``cell`` labels; and the cell keys. Runs
+    found in several directories are counted once and listed in ``frame.attrs["duplicates"]``."""
     import pandas as pd
 
-    from testbed.results import METRICS, load_results, scan_runs
+    from testbed.results import METRICS, results_frame, scan_runs
 
     frames, extras = [], {}
     for d in runs_dirs:
-        frame = load_results(d, all_columns=True)
+        runs = scan_runs(d)
+        frame = results_frame(runs, all_columns=True)  # one scan: config and result read once
         frame.insert(2, "runs_dir", str(d))
         frames.append(frame)
-        for run in scan_runs(d):
+        for run in runs:
             extras[(str(d), run["run_id"])] = {k: run["result"].get(k) for k in EXTRA_RESULT_KEYS} | {"config": run["config"]}
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if frame.empty:
@@ -125,14 +113,14 @@ def load_report_table(runs_dirs: Sequence[str | Path], group_by: Sequence[str] =
     for key in GROUP_KEYS:
         if key not in frame.columns:
             frame[key] = None
-    frame["group"] = [f"{_show(r[0])} · {_show(r[1])} labels/class" for r in zip(frame[GROUP_KEYS[0]], frame[GROUP_KEYS[1]])]
+    frame["group"] = [f"{format_value(r[0])} · {format_value(r[1])} labels/class" for r in zip(frame[GROUP_KEYS[0]], frame[GROUP_KEYS[1]])]
     # a cell's name leaves out keys its method fixes (supervised's strong augmentation, when the
     # others vary it): they say nothing about that method's cells
     varies_within = {}
     if "method" in cell_keys and not group_by:
         by_method = frame.groupby(frame["method"].map(_hashable))
         varies_within = {k: by_method[k].agg(lambda s: len({_hashable(v) for v in s})).to_dict() for k in cell_keys if k != "method"}
-    frame["cell"] = [", ".join(f"{_short(k)}={_show(v)}" if k != "method" or len(cell_keys) > 1 else _show(v)
+    frame["cell"] = [", ".join(f"{_short(k)}={format_value(v)}" if k != "method" or len(cell_keys) > 1 else format_value(v)
                                for k, v in zip(cell_keys, values)
                                if k not in varies_within or varies_within[k][_hashable(values[0])] > 1) or "(all runs)"
                      for values in zip(*(frame[k] for k in cell_keys))] if cell_keys else "(all runs)"
@@ -140,614 +128,164 @@ def load_report_table(runs_dirs: Sequence[str | Path], group_by: Sequence[str] =
     return frame, cell_keys
 
 
-def _read_metrics(runs_dir: str, run_id: str) -> list[dict]:
-    path = Path(runs_dir) / run_id / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+class RunFiles:
+    """metrics.jsonl and predictions.npz of the report's runs, each read at most once: when a section
+    first asks for it. Every section gets the same objects; arrays are read-only."""
+
+    def __init__(self, run_dirs: dict[str, Path]):
+        self.run_dirs = run_dirs  # run_id -> its directory
+        self._metrics: dict[str, list[dict]] = {}
+        self._predictions: dict[str, dict | None] = {}
+
+    def _dir(self, run_id: str) -> Path:
         try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut by an interrupt
-    return out
+            return self.run_dirs[run_id]
+        except KeyError:
+            raise KeyError(f"Run {run_id!r} is not in this report (the run_id column of the results table lists its runs).") from None
+
+    def metrics(self, run_id: str) -> list[dict]:
+        if run_id not in self._metrics:
+            path = self._dir(run_id) / "metrics.jsonl"
+            records = []
+            if path.is_file():
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    try:
+                        records.append(json.loads(line))
+                    except ValueError:
+                        continue  # a line cut by an interrupt
+            self._metrics[run_id] = records
+        return self._metrics[run_id]
+
+    def predictions(self, run_id: str) -> dict | None:
+        if run_id not in self._predictions:
+            path = self._dir(run_id) / "predictions.npz"
+            arrays = None
+            if path.is_file():
+                with np.load(path) as data:
+                    arrays = {k: data[k] for k in data.files}
+                for array in arrays.values():
+                    array.setflags(write=False)
+            self._predictions[run_id] = arrays
+        return self._predictions[run_id]
 
 
-def _read_predictions(runs_dir: str, run_id: str) -> dict | None:
-    path = Path(runs_dir) / run_id / "predictions.npz"
-    if not path.is_file():
-        return None
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+def report_context(frame, cell_keys: Sequence[str], baseline: str, runs_dirs: Sequence[Path], out_dir: Path) -> ReportContext:
+    """What every section gets: the groups in order, each group's cells best first, its baseline
+    cell and class names, a color per cell, the leaderboard and the paired comparisons, and the
+    run files behind ``metrics`` and ``predictions``."""
+    done = frame[frame.status == "done"]
 
-
-# --------------------------------------------------------------------------- formatting
-
-
-def _f(x: float | None, spec: str = ".4f") -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
-def _pm(s) -> str:
-    return f"{_f(s.mean)} ± {_f(s.std)}" if s.std is not None else f"{_f(s.mean)} (1 seed)"
-
-
-def _ci(s, spec: str = ".4f") -> str:
-    """The interval of a metric in [0, 1], clipped to that range (summary.csv keeps the raw bounds)."""
-    if s.ci_low is None:
-        return CI_NEEDS
-    return f"[{_f(max(0.0, s.ci_low), spec)}, {_f(min(1.0, s.ci_high), spec)}]"
-
-
-def _p(p: float | None) -> str:
-    if p is None:
-        return "–"
-    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
-
-
-def _effect(x: float | None) -> str:
-    if x is None:
-        return "–"
-    return ("∞" if x > 0 else "−∞") if math.isinf(x) else f"{x:.2f}"
-
-
-# --------------------------------------------------------------------------- sections
-
-
-class Builder:
-    """Builds the built-in sections from the runs table."""
-
-    def __init__(self, frame, cell_keys: list[str], baseline: str, runs_dirs: Sequence[Path]):
-        self.frame, self.cell_keys, self.baseline, self.runs_dirs = frame, cell_keys, baseline, runs_dirs
-        self.done = frame[frame.status == "done"]
-        self.groups = sorted(self.done["group"].unique().tolist(), key=self._group_sort)
-        self._metrics: dict[tuple[str, str], list[dict]] = {}
-        # a cell keeps its color in every plot of the report
-        self.colors = {cell: f"C{i % 10}" for i, cell in enumerate(sorted(self.done["cell"].unique().tolist()))}
-
-    def _group_sort(self, group: str):
-        row = self.done[self.done.group == group].iloc[0]
+    def group_sort(group: str):
+        row = done[done.group == group].iloc[0]
         return (str(row[GROUP_KEYS[0]]), row[GROUP_KEYS[1]] if row[GROUP_KEYS[1]] is not None else -1)
 
-    def metrics(self, runs_dir: str, run_id: str) -> list[dict]:
-        key = (runs_dir, run_id)
-        if key not in self._metrics:
-            self._metrics[key] = _read_metrics(runs_dir, run_id)
-        return self._metrics[key]
+    groups = sorted(done["group"].unique().tolist(), key=group_sort)
+    cells, baseline_cells, class_names = {}, {}, {}
+    for group in groups:
+        runs = done[done.group == group]
+        means = runs.groupby("cell")["test_accuracy"].mean()  # best mean last-checkpoint accuracy first, ties by name
+        cells[group] = tuple(sorted(means.index.tolist(), key=lambda c: (-means[c] if not math.isnan(means[c]) else math.inf, c)))
+        named = sorted(runs[runs["method"] == baseline]["cell"].unique().tolist()) if "method" in runs else []
+        named = named or [c for c in cells[group] if c == baseline]
+        if named:
+            baseline_cells[group] = named[0]
+        class_names[group] = tuple(next((n for n in runs["label_names"] if isinstance(n, list)), ()))
+    files = RunFiles({r.run_id: Path(r.runs_dir) / r.run_id for r in frame.itertuples()})
+    context = ReportContext(
+        runs_dirs=tuple(runs_dirs), out_dir=out_dir, baseline=baseline, cell_keys=tuple(cell_keys),
+        metrics=files.metrics, predictions=files.predictions, groups=tuple(groups), cells=cells, baseline_cells=baseline_cells,
+        class_names=class_names, duplicates=tuple(frame.attrs.get("duplicates") or ()),
+        # a cell keeps its color in every plot of the report
+        colors={cell: f"C{i % 10}" for i, cell in enumerate(sorted(done["cell"].unique().tolist()))})
+    return dataclasses.replace(context, leaderboard=tuple(leaderboard_rows(frame, context)),
+                               comparisons=tuple(comparison_rows(frame, context)))
 
-    def runs(self, group: str):
-        return self.done[self.done.group == group]
 
-    def cells(self, group: str) -> list[str]:
-        """Cells of a group, best mean last-checkpoint accuracy first (ties by name)."""
-        runs = self.runs(group)
-        means = runs.groupby("cell")["test_accuracy"].mean()
-        return sorted(means.index.tolist(), key=lambda c: (-means[c] if not math.isnan(means[c]) else math.inf, c))
+def leaderboard_rows(frame, context: ReportContext) -> list[dict]:
+    """Per group, cell, checkpoint and metric: seeds, mean, std and the 95% t-interval (summary.csv)."""
+    rows = []
+    for group in context.groups:
+        runs = frame[(frame.status == "done") & (frame.group == group)]
+        for cell in context.cells[group]:
+            sub = runs[runs.cell == cell]
+            first = sub.iloc[0]
+            for checkpoint, (acc, f1) in CHECKPOINTS.items():
+                for metric, column in (("accuracy", acc), ("macro_f1", f1)):
+                    s = summarize(sub[column].tolist())
+                    rows.append({"dataset": first[GROUP_KEYS[0]], "labels_per_class": first[GROUP_KEYS[1]], "cell": cell,
+                                 "checkpoint": checkpoint, "metric": metric, "n_seeds": s.n, "mean": s.mean, "std": s.std,
+                                 "ci95_low": s.ci_low, "ci95_high": s.ci_high})
+    return rows
 
-    def class_name(self, group: str, index: int) -> str:
-        """The class's name from result.json (``label_names``), else "class <index>"."""
-        names = next((n for n in self.runs(group).get("label_names", []) if isinstance(n, list)), None)
-        return str(names[index]) if names and 0 <= index < len(names) else f"class {index}"
 
-    def baseline_cell(self, group: str) -> str | None:
-        runs = self.runs(group)
-        cells = sorted(runs[runs["method"] == self.baseline]["cell"].unique().tolist()) if "method" in runs else []
-        if not cells:
-            cells = [c for c in runs["cell"].unique().tolist() if c == self.baseline]
-        return cells[0] if cells else None
-
-    # ---- not included
-    def missing(self) -> ReportSection:
-        blocks: list = []
-        bad = self.frame[self.frame.status != "done"]
-        if len(bad):
-            table = bad[["runs_dir", "run_id", "status", "group", "cell", "seed" if "seed" in bad else "run_id", "error"]].copy()
-            table["error"] = table["error"].map(lambda e: "–" if e is None or (isinstance(e, float) and math.isnan(e)) else str(e)[:300])
-            blocks += [f"{len(bad)} of {len(self.frame)} runs are not finished and are left out of every statistic below:",
-                       table.rename(columns={"runs_dir": "runs directory", "run_id": "run"})]
-        else:
-            blocks.append(f"All {len(self.frame)} runs finished.")
-        duplicates = self.frame.attrs.get("duplicates") or []
-        if duplicates:
-            import pandas as pd
-
-            blocks += [f"{len(duplicates)} runs appear in more than one runs directory; each is counted once:",
-                       pd.DataFrame(duplicates)]
-        gaps = []
-        for group in self.groups:
-            runs = self.runs(group)
-            seeds = sorted(set(runs["seed"].tolist())) if "seed" in runs else []
-            for cell in self.cells(group):
-                have = set(runs[runs.cell == cell]["seed"].tolist())
-                lacking = [s for s in seeds if s not in have]
-                if lacking:
-                    gaps.append({"group": group, "cell": cell, "finished seeds": ", ".join(map(str, sorted(have))),
-                                 "missing seeds": ", ".join(map(str, lacking))})
-        if gaps:
-            import pandas as pd
-
-            blocks += ["Cells without a finished run for every seed of their group (paired comparisons use the common seeds):",
-                       pd.DataFrame(gaps)]
-        return ReportSection(name="runs", title="Runs", blocks=tuple(blocks), order=5)
-
-    # ---- leaderboard
-    def leaderboard_rows(self) -> list[dict]:
-        rows = []
-        for group in self.groups:
-            runs = self.runs(group)
-            for cell in self.cells(group):
-                sub = runs[runs.cell == cell]
-                first = sub.iloc[0]
-                for checkpoint, (acc, f1) in CHECKPOINTS.items():
-                    for metric, column in (("accuracy", acc), ("macro_f1", f1)):
-                        s = summarize(sub[column].tolist())
-                        rows.append({"dataset": first[GROUP_KEYS[0]], "labels_per_class": first[GROUP_KEYS[1]], "cell": cell,
-                                     "checkpoint": checkpoint, "metric": metric, "n_seeds": s.n, "mean": s.mean, "std": s.std,
-                                     "ci95_low": s.ci_low, "ci95_high": s.ci_high})
-        return rows
-
-    def leaderboard(self) -> ReportSection:
-        import pandas as pd
-
-        blocks: list = ["Test accuracy over seeds: mean ± standard deviation and the 95% confidence interval of the mean "
-                        "(t-interval, shown clipped to [0, 1]). *Last* is the checkpoint at the end of training; *best on validation* is the "
-                        "evaluation with the highest validation accuracy. Error rate = 1 − accuracy (last)."]
-        for group in self.groups:
-            runs = self.runs(group)
-            rows = []
-            for cell in self.cells(group):
-                sub = runs[runs.cell == cell]
-                last, best = summarize(sub.test_accuracy.tolist()), summarize(sub.test_accuracy_best_val.tolist())
-                rows.append({"cell": cell, "seeds": last.n, "accuracy, last": _pm(last), "95% CI, last": _ci(last),
-                             "error rate, last": _f(1 - last.mean), "macro-F1, last": _pm(summarize(sub.test_macro_f1.tolist())),
-                             "accuracy, best on val": _pm(best), "95% CI, best on val": _ci(best),
-                             "macro-F1, best on val": _pm(summarize(sub.test_macro_f1_best_val.tolist()))})
-            blocks += [f"**{group}**", pd.DataFrame(rows)]
-        return ReportSection(name="leaderboard", title="Leaderboard", blocks=tuple(blocks), order=10)
-
-    # ---- paired comparisons
-    def comparison_rows(self) -> list[dict]:
-        rows = []
-        for group in self.groups:
-            base = self.baseline_cell(group)
-            if base is None:
-                continue
-            runs = self.runs(group)
-            for checkpoint, (acc, _) in CHECKPOINTS.items():
-                family = []
-                # the mean per seed: with --group-by a cell can pool several configs run with one seed
-                reference = runs[runs.cell == base].groupby("seed")[acc].mean()
-                for cell in self.cells(group):
-                    if cell == base:
-                        continue
-                    other = runs[runs.cell == cell].groupby("seed")[acc].mean()
-                    seeds = sorted(set(reference.index) & set(other.index))
-                    result = paired_test([other[s] for s in seeds], [reference[s] for s in seeds])
-                    family.append({"group": group, "checkpoint": checkpoint, "cell": cell, "baseline": base, "pairs": len(seeds),
-                                   "mean_diff": result.mean_diff, "ci95_low": result.ci_low, "ci95_high": result.ci_high,
-                                   "test": result.test, "p": result.p, "effect_dz": result.effect})
-                for row, adjusted in zip(family, holm([r["p"] for r in family])):
-                    row["p_holm"] = adjusted
-                    row["verdict"] = verdict(row["mean_diff"], adjusted)
-                rows += family
-        return rows
-
-    def comparisons(self, rows: list[dict]) -> ReportSection:
-        import pandas as pd
-
-        blocks: list = [f"Each cell against the baseline **{self.baseline}**, on test accuracy. {PAIRED_RULE}"]
-        missing = [g for g in self.groups if self.baseline_cell(g) is None]
-        if missing:
-            blocks.append(f"No baseline runs (`method = {self.baseline}`, or a cell of that name) in: {'; '.join(missing)}. "
-                          "Choose another with `--baseline`.")
-        for group in self.groups:
-            for checkpoint in CHECKPOINTS:
-                family = [r for r in rows if r["group"] == group and r["checkpoint"] == checkpoint]
-                if not family:
+def comparison_rows(frame, context: ReportContext) -> list[dict]:
+    """Every cell against its group's baseline cell on test accuracy, paired by seed, Holm-corrected
+    within each group and checkpoint (comparisons.csv)."""
+    rows = []
+    for group in context.groups:
+        base = context.baseline_cells.get(group)
+        if base is None:
+            continue
+        runs = frame[(frame.status == "done") & (frame.group == group)]
+        for checkpoint, (acc, _) in CHECKPOINTS.items():
+            family = []
+            # the mean per seed: with --group-by a cell can pool several configs run with one seed
+            reference = runs[runs.cell == base].groupby("seed")[acc].mean()
+            for cell in context.cells[group]:
+                if cell == base:
                     continue
-                table = pd.DataFrame([{
-                    "cell": r["cell"], "pairs": r["pairs"], "difference (points)": _f(100 * r["mean_diff"], "+.2f"),
-                    "95% CI (points)": "needs ≥ 2 pairs" if r["ci95_low"] is None else
-                    f"[{100 * r['ci95_low']:+.2f}, {100 * r['ci95_high']:+.2f}]",
-                    "test": r["test"], "p": _p(r["p"]), "p (Holm)": _p(r["p_holm"]), "effect d_z": _effect(r["effect_dz"]),
-                    "verdict": r["verdict"]} for r in family])
-                blocks += [f"**{group}**, {checkpoint} checkpoint, vs {family[0]['baseline']}", table]
-        return ReportSection(name="comparisons", title="Paired comparisons", blocks=tuple(blocks), order=20)
-
-    # ---- across datasets
-    def across(self) -> ReportSection:
-        import pandas as pd
-
-        blocks: list = []
-        if len(self.groups) >= 2:
-            kind = "datasets and label budgets"
-            table = self.done.groupby(["group", "cell"])["test_accuracy"].mean().unstack("cell")
-        elif self.groups:
-            kind = "seeds (one dataset and budget here: this ranks the cells within it, not across datasets)"
-            runs = self.runs(self.groups[0])
-            table = runs.pivot_table(index="seed", columns="cell", values="test_accuracy", aggfunc="mean")
-        else:
-            return ReportSection(name="across", title="Across datasets", blocks=("No finished runs.",), order=30)
-        complete = table.dropna(axis=1, how="any")
-        dropped = sorted(set(table.columns) - set(complete.columns))
-        if complete.shape[1] < 2 or complete.shape[0] < 1:
-            blocks.append("Ranking needs at least 2 cells with results in every block.")
-            return ReportSection(name="across", title="Across datasets", blocks=tuple(blocks), order=30)
-        complete = complete[sorted(complete.columns)]
-        ranking = friedman(complete)
-        order = np.argsort(ranking.average_ranks, kind="stable")
-        blocks.append(f"Blocks: {ranking.blocks} {kind}; in each block the cells are ranked by mean test accuracy (last "
-                      "checkpoint; 1 = best, ties share the average rank).")
-        if dropped:
-            blocks.append(f"Left out (no result in every block): {'; '.join(dropped)}.")
-        blocks.append(pd.DataFrame([{"cell": ranking.names[i], "average rank": f"{ranking.average_ranks[i]:.2f}"} for i in order]))
-        if ranking.statistic is None:
-            blocks.append("Friedman test: needs ≥ 3 cells and ≥ 2 blocks.")
-        else:
-            blocks.append(f"Friedman test: χ² = {ranking.statistic:.3f}, p = {_p(ranking.p)} "
-                          f"({'the cells differ' if ranking.p < ALPHA else 'no detectable difference among the cells'} at α = {ALPHA}).")
-        if ranking.cd is not None:
-            blocks.append(f"Nemenyi critical difference (α = {ALPHA}, {len(ranking.names)} cells, {ranking.blocks} blocks): "
-                          f"CD = {ranking.cd:.3f}; cells whose average ranks differ by less than CD are joined by a bar.")
-            blocks.append(ReportFigure(name="critical-difference", figure=cd_diagram(ranking), caption="Critical-difference diagram"))
-        return ReportSection(name="across", title="Across datasets", blocks=tuple(blocks), order=30)
-
-    # ---- ablation effects
-    def ablation(self) -> ReportSection:
-        import pandas as pd
-
-        blocks: list = ["Marginal mean test accuracy (last checkpoint) of each value of each varied axis, pooled over the "
-                        "other axes and the seeds; the CI is the t-interval over those runs."]
-        any_axis = False
-        for gi, group in enumerate(self.groups):
-            runs = self.runs(group)
-            axes = [k for k in self.cell_keys if k in runs and len({_hashable(v) for v in runs[k]}) > 1]
-            if not axes:
-                continue
-            any_axis = True
-            blocks.append(f"**{group}**")
-            for axis in axes:
-                rows = []
-                for value, sub in sorted(runs.groupby(runs[axis].map(_hashable)), key=lambda kv: kv[0]):
-                    s = summarize(sub.test_accuracy.tolist())
-                    rows.append({_short(axis): _show(sub[axis].iloc[0]), "runs": s.n, "mean accuracy": _f(s.mean), "95% CI": _ci(s)})
-                blocks.append(pd.DataFrame(rows))
-            for ai, (a, b) in enumerate([(a, b) for i, a in enumerate(axes) for b in axes[i + 1:]][:6]):
-                pivot = runs.assign(_a=runs[a].map(_show), _b=runs[b].map(_show)).pivot_table(
-                    index="_a", columns="_b", values="test_accuracy", aggfunc="mean")
-                blocks.append(ReportFigure(name=f"interaction-{gi}-{ai}", figure=heatmap(pivot, _short(a), _short(b)),
-                                           caption=f"{group}: mean test accuracy by {_short(a)} × {_short(b)} (blank: no runs)"))
-        if not any_axis:
-            blocks.append("No axis varies within a dataset and budget.")
-        return ReportSection(name="ablation", title="Ablation effects", blocks=tuple(blocks), order=40)
-
-    # ---- training dynamics
-    def _curves(self, group: str, key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """cell -> (steps, mean over seeds of ``key``) from metrics.jsonl."""
-        out = {}
-        runs = self.runs(group)
-        for cell in self.cells(group)[:MAX_FIGURE_CELLS]:
-            per_step: dict[int, list[float]] = {}
-            for r in runs[runs.cell == cell].itertuples():
-                for rec in self.metrics(r.runs_dir, r.run_id):
-                    if rec.get(key) is not None:
-                        per_step.setdefault(rec["step"], []).append(float(rec[key]))
-            if per_step:
-                steps = np.array(sorted(per_step))
-                out[cell] = (steps, np.array([np.mean(per_step[s]) for s in steps]))
-        return out
-
-    def dynamics(self) -> ReportSection:
-        blocks: list = [f"From metrics.jsonl, mean over seeds at each evaluation (at most {MAX_FIGURE_CELLS} cells per plot, "
-                        "best first)."]
-        for gi, group in enumerate(self.groups):
-            blocks.append(f"**{group}**")
-            test, val = self._curves(group, "test_accuracy"), self._curves(group, "val_accuracy")
-            if test:
-                blocks.append(ReportFigure(name=f"learning-curves-{gi}", figure=line_plot(
-                    [("test accuracy", test), ("validation accuracy", val)], "step", "accuracy", self.colors),
-                    caption=f"{group}: test and validation accuracy vs step"))
-            mask, quality = self._curves(group, "mask_rate"), self._curves(group, "pseudo_label_accuracy")
-            if mask:
-                blocks.append(ReportFigure(name=f"pseudo-labels-{gi}", figure=line_plot(
-                    [("mask rate (share selected)", mask), ("accuracy of selected pseudo-labels", quality)], "step", "share", self.colors),
-                    caption=f"{group}: pseudo-label quantity vs quality over training"))
-                never = [c for c, (_, m) in mask.items() if len(m) and np.all(m >= 0.999)]
-                if never:
-                    blocks.append(f"Selected every pseudo-label at every evaluation (the selector never engaged): {'; '.join(never)}.")
-                idle = [c for c, (_, m) in mask.items() if len(m) and np.all(m < 0.01)]
-                if idle:
-                    blocks.append("Selected under 1% of pseudo-labels at every evaluation (the unlabeled loss hardly "
-                                  f"acted; close to supervised training): {'; '.join(idle)}.")
-            blocks += self._thresholds(group, gi)
-            blocks += self._pseudo_label_classes(group)
-        return ReportSection(name="dynamics", title="Training dynamics", blocks=tuple(blocks), order=50)
-
-    def _thresholds(self, group: str, gi: int) -> list:
-        blocks = []
-        runs = self.runs(group)
-        for ci, cell in enumerate(self.cells(group)[:6]):
-            keys = sorted({k for r in runs[runs.cell == cell].itertuples() for rec in self.metrics(r.runs_dir, r.run_id)
-                           for k in rec if re.fullmatch(r"selector/threshold/class_\d+", k)}, key=lambda k: int(k.rsplit("_", 1)[1]))
-            if not keys:
-                continue
-            self_curves = []
-            for key in keys:
-                per_step: dict[int, list[float]] = {}
-                for r in runs[runs.cell == cell].itertuples():
-                    for rec in self.metrics(r.runs_dir, r.run_id):
-                        if rec.get(key) is not None:
-                            per_step.setdefault(rec["step"], []).append(float(rec[key]))
-                steps = np.array(sorted(per_step))
-                self_curves.append((self.class_name(group, int(key.rsplit('_', 1)[1])), steps, np.array([np.mean(per_step[s]) for s in steps])))
-            blocks.append(ReportFigure(name=f"thresholds-{gi}-{ci}", figure=threshold_plot(self_curves),
-                                       caption=f"{group}, {cell}: per-class thresholds over training (mean over seeds)"))
-        return blocks
-
-    def _pseudo_label_classes(self, group: str) -> list:
-        import pandas as pd
-
-        rows = []
-        runs = self.runs(group)
-        for cell in self.cells(group):
-            counts = [r for r in runs[runs.cell == cell]["pseudo_label_per_class"] if isinstance(r, dict)]
-            if not counts:
-                continue
-            selected = np.sum([c["selected"] for c in counts], 0)
-            correct = np.sum([c["correct"] for c in counts], 0)
-            gold = np.sum([c["gold"] for c in counts], 0)
-            row = {"cell": cell}
-            for c in range(len(selected)):
-                precision = _f(correct[c] / selected[c], ".2f") if selected[c] else "–"
-                recall = _f(correct[c] / gold[c], ".2f") if gold[c] else "–"
-                row[self.class_name(group, c)] = f"{precision} / {recall}"
-            rows.append(row)
-        if not rows:
-            return []
-        return ["Pseudo-labels per class over the whole run, precision / recall against the hidden gold labels "
-                "(selected pseudo-labels of class c that are right / unlabeled examples of class c that were selected "
-                "as c), counts summed over seeds:", pd.DataFrame(rows).fillna("–")]
-
-    # ---- calibration
-    def calibration(self) -> ReportSection:
-        import pandas as pd
-
-        blocks: list = ["Expected calibration error (15 equal-width confidence bins) of the test-set probabilities saved "
-                        "in predictions.npz, mean over seeds; the reliability diagram pools the seeds (last checkpoint)."]
-        for gi, group in enumerate(self.groups):
-            runs = self.runs(group)
-            rows, curves, f1_rows = [], {}, []
-            for cell in self.cells(group):
-                eces = {"last": [], "best": []}
-                pooled_p, pooled_y, f1s = [], [], []
-                for r in runs[runs.cell == cell].itertuples():
-                    pred = _read_predictions(r.runs_dir, r.run_id)
-                    if not pred or "test_labels" not in pred:
-                        continue
-                    y = pred["test_labels"]
-                    for name, key in (("last", "test_probs_last"), ("best", "test_probs_best_val")):
-                        if key in pred:
-                            eces[name].append(calibration(pred[key], y)[0])
-                    if "test_probs_last" in pred:
-                        pooled_p.append(pred["test_probs_last"])
-                        pooled_y.append(y)
-                        f1s.append(per_class_f1(pred["test_probs_last"], y, pred["test_probs_last"].shape[1])[2])
-                if not eces["last"]:
-                    continue
-                last, best = summarize(eces["last"]), summarize(eces["best"])
-                rows.append({"cell": cell, "seeds": last.n, "ECE, last": _pm(last), "95% CI, last": _ci(last),
-                             "ECE, best on val": _pm(best)})
-                _, conf, acc, count = calibration(np.concatenate(pooled_p), np.concatenate(pooled_y))
-                curves[cell] = (conf, acc)
-                f1_rows.append({"cell": cell, **{self.class_name(group, c): _f(v, ".3f") for c, v in enumerate(np.mean(f1s, 0))}})
-            if not rows:
-                blocks.append(f"**{group}**: no predictions.npz (runs from before it was saved).")
-                continue
-            blocks += [f"**{group}**", pd.DataFrame(rows)]
-            blocks.append(ReportFigure(name=f"reliability-{gi}", figure=reliability_plot(dict(list(curves.items())[:MAX_FIGURE_CELLS]), self.colors),
-                                       caption=f"{group}: reliability diagram (last checkpoint)"))
-            blocks += ["Per-class test F1 (last checkpoint, mean over seeds):", pd.DataFrame(f1_rows)]
-        return ReportSection(name="calibration", title="Calibration and per-class metrics", blocks=tuple(blocks), order=60)
-
-    # ---- cost
-    def cost(self) -> ReportSection:
-        import pandas as pd
-
-        blocks: list = [f"Means over seeds. Examples/s: labeled + unlabeled examples per training second (steps × batch × "
-                        f"(1 + unlabeled ratio) / train seconds; labeled only for runs without an unlabeled batch). Gain per "
-                        f"CPU-hour: accuracy points over **{self.baseline}** divided by the run's CPU-hours (wall time × torch "
-                        "threads)."]
-        for group in self.groups:
-            runs = self.runs(group)
-            base = self.baseline_cell(group)
-            base_acc = runs[runs.cell == base].test_accuracy.mean() if base else math.nan
-            rows = []
-            for cell in self.cells(group):
-                sub = runs[runs.cell == cell]
-                examples = []
-                for r in sub.itertuples():
-                    train = (r.config if isinstance(r.config, dict) else {}).get("train", {})
-                    unlabeled = train.get("unlabeled_ratio", 0) if not math.isnan(r.mask_rate) else 0
-                    per_step = train.get("batch_size", 0) * (1 + unlabeled)
-                    examples.append(r.steps * per_step / r.train_seconds if r.train_seconds else math.nan)
-                threads = [(m.get("torch_threads") if isinstance(m, dict) else None) or 1 for m in sub.machine]
-                cpu_hours = float(np.mean([w * t / 3600 for w, t in zip(sub.wall_seconds, threads)]))
-                gain = 100 * (sub.test_accuracy.mean() - base_acc)
-                augment = [a for a in sub.augment_seconds if a is not None and not math.isnan(a)]
-                rows.append({"cell": cell, "wall s": _f(sub.wall_seconds.mean(), ".1f"), "train s": _f(sub.train_seconds.mean(), ".1f"),
-                             "examples/s": _f(float(np.nanmean(examples)) if examples else None, ".1f"),
-                             "augment s": _f(float(np.mean(augment)) if augment else None, ".2f"),
-                             "gain vs baseline (points)": "–" if cell == base or math.isnan(gain) else _f(gain, "+.2f"),
-                             "gain per CPU-hour": "–" if cell == base or math.isnan(gain) or not cpu_hours else _f(gain / cpu_hours, "+.1f")})
-            blocks += [f"**{group}**", pd.DataFrame(rows)]
-        return ReportSection(name="cost", title="Cost", blocks=tuple(blocks), order=70)
-
-    # ---- provenance
-    def provenance(self) -> ReportSection:
-        import pandas as pd
-
-        versions = sorted({v for v in self.frame.testbed_version if isinstance(v, str)})
-        commits = sorted({v for v in self.frame.git_commit if isinstance(v, str)})
-        machines = sorted({_hashable(m) for m in self.frame.machine if isinstance(m, dict)})
-        started = sorted(v for v in self.frame.started_at if isinstance(v, str))
-        finished = sorted(v for v in self.frame.finished_at if isinstance(v, str))
-        grids = sorted(str(p) for d in self.runs_dirs for p in Path(d).glob("*.toml"))
-        blocks: list = [pd.DataFrame([
-            {"what": "testbed version (report)", "value": __version__},
-            {"what": "testbed versions (runs)", "value": ", ".join(versions) or "–"},
-            {"what": "git commit (report)", "value": git_commit() or "unknown (not a git checkout)"},
-            {"what": "git commits (runs)", "value": ", ".join(commits) or "not recorded by these runs"},
-            {"what": "runs directories", "value": ", ".join(str(d) for d in self.runs_dirs)},
-            {"what": "grid files", "value": ", ".join(grids) or "none found in the runs directories"},
-            {"what": "cell keys", "value": ", ".join(self.cell_keys) or "–"},
-            {"what": "first run started", "value": started[0] if started else "–"},
-            {"what": "last run finished", "value": finished[-1] if finished else "–"},
-            *({"what": "machine", "value": m} for m in machines)])]
-        for r in self.frame.itertuples():
-            blocks.append(Details(summary=f"{r.run_id} · {r.status} · {r.group} · {r.cell} · seed {_show(getattr(r, 'seed', None))}",
-                                  text=json.dumps(r.config, indent=2, sort_keys=True, default=str)))
-        return ReportSection(name="provenance", title="Provenance", blocks=tuple(blocks), order=100)
+                other = runs[runs.cell == cell].groupby("seed")[acc].mean()
+                seeds = sorted(set(reference.index) & set(other.index))
+                result = paired_test([other[s] for s in seeds], [reference[s] for s in seeds])
+                family.append({"group": group, "checkpoint": checkpoint, "cell": cell, "baseline": base, "pairs": len(seeds),
+                               "mean_diff": result.mean_diff, "ci95_low": result.ci_low, "ci95_high": result.ci_high,
+                               "test": result.test, "p": result.p, "effect_dz": result.effect})
+            for row, adjusted in zip(family, holm([r["p"] for r in family])):
+                row["p_holm"] = adjusted
+                row["verdict"] = verdict(row["mean_diff"], adjusted)
+            rows += family
+    return rows
 
 
-# --------------------------------------------------------------------------- plots
-
-
-def _figure(width: float = 7.0, height: float = 4.0):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100)
-
-
-def line_plot(panels: list[tuple[str, dict]], xlabel: str, ylabel: str, colors: dict[str, str] | None = None):
-    fig = _figure(5.0 * len(panels), 3.8)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    colors = dict(colors or {})  # one color per cell in every panel
-    for _, curves in panels:
-        for cell in curves:
-            colors.setdefault(cell, f"C{len(colors) % 10}")
-    for ax, (title, curves) in zip(axes, panels):
-        for cell, (x, y) in curves.items():
-            ax.plot(x, y, marker="o", markersize=3, color=colors[cell], label=cell)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-    for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
-
-
-def threshold_plot(curves: list[tuple[str, np.ndarray, np.ndarray]]):
-    fig = _figure(5.5, 3.5)
-    ax = fig.subplots()
-    for i, (label, x, y) in enumerate(curves):
-        ax.plot(x, y, color=f"C{i % 10}", label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("threshold")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    return fig
-
-
-def reliability_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], colors: dict[str, str] | None = None):
-    fig = _figure(4.8, 4.4)
-    ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect calibration")
-    for i, (cell, (conf, acc)) in enumerate(curves.items()):
-        keep = ~np.isnan(conf)
-        ax.plot(conf[keep], acc[keep], marker="o", markersize=3, color=(colors or {}).get(cell, f"C{i % 10}"), label=cell)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def heatmap(pivot, row_label: str, column_label: str):
-    fig = _figure(1.6 + 1.1 * pivot.shape[1], 1.2 + 0.5 * pivot.shape[0])
-    ax = fig.subplots()
-    values = pivot.to_numpy(dtype=float)
-    image = ax.imshow(values, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(pivot.shape[1]), [str(c) for c in pivot.columns], rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(pivot.shape[0]), [str(i) for i in pivot.index], fontsize=8)
-    ax.set_xlabel(column_label)
-    ax.set_ylabel(row_label)
-    for (i, j), v in np.ndenumerate(values):
-        if not math.isnan(v):
-            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7, color="white")
-    fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    return fig
-
-
-def cd_diagram(ranking):
-    """Demšar's critical-difference diagram: the rank axis, each cell at its average rank, a bar of
-    length CD, and thick lines joining cells that are not significantly different (Nemenyi)."""
-    k = len(ranking.names)
-    order = list(np.argsort(ranking.average_ranks, kind="stable"))
-    ranks = [ranking.average_ranks[i] for i in order]
-    names = [ranking.names[i] for i in order]
-    fig = _figure(7.5, 1.6 + 0.3 * k)
-    ax = fig.subplots()
-    ax.set_xlim(0.5, k + 0.5)
-    ax.set_ylim(-(k // 2 + 2) * 0.5 - 0.5, 1.6)
-    ax.axis("off")
-    ax.hlines(0, 1, k, color="black", linewidth=1)
-    for r in range(1, k + 1):
-        ax.vlines(r, 0, 0.12, color="black", linewidth=1)
-        ax.text(r, 0.2, str(r), ha="center", va="bottom", fontsize=8)
-    if ranking.cd is not None:
-        ax.hlines(1.2, 1, 1 + ranking.cd, color="black", linewidth=2)
-        ax.text(1 + ranking.cd / 2, 1.3, f"CD = {ranking.cd:.2f}", ha="center", va="bottom", fontsize=8)
-    half = (k + 1) // 2
-    for i, (r, name) in enumerate(zip(ranks, names)):
-        left = i < half
-        level = -(i if left else k - 1 - i) * 0.5 - 0.6
-        x_text = 0.6 if left else k + 0.4
-        ax.plot([r, r, x_text], [0, level, level], color="black", linewidth=0.8)
-        ax.text(x_text, level, f"{name} ({r:.2f})", ha="right" if left else "left", va="center", fontsize=8)
-    cliques = []
-    for i in range(k):
-        j = i
-        while j + 1 < k and ranks[j + 1] - ranks[i] < (ranking.cd or 0):
-            j += 1
-        if j > i and not any(a <= i and j <= b for a, b in cliques):
-            cliques.append((i, j))
-    for n, (i, j) in enumerate(cliques):
-        y = -0.25 - 0.12 * n
-        ax.hlines(y, ranks[i] - 0.03, ranks[j] + 0.03, color="C3", linewidth=3)
-    fig.tight_layout()
-    return fig
+def collect_sections(registry, frame, context: ReportContext, echo: Callable[[str], None]) -> list[ReportSection]:
+    """Every plugin's sections (the built-in ones come from a plugin too), sorted by order, then name.
+    One broken plugin costs its own sections, not the report."""
+    sections = []
+    for impl in sorted(registry.pm.hook.testbed_report_sections.get_hookimpls(), key=lambda i: i.plugin_name):
+        try:
+            found = list(impl.function(results=frame.copy(), context=context) or ())
+            bad = [type(s).__name__ for s in found if not isinstance(s, ReportSection)]
+            if bad:
+                raise TypeError(f"returned {bad[0]}, not ReportSection")
+        except Exception as exc:
+            found = [ReportSection(name=f"failed-{impl.plugin_name}", title=f"Plugin section failed: {impl.plugin_name}",
+                                   blocks=(f"The `testbed_report_sections` hook of plugin `{impl.plugin_name}` raised "
+                                           f"{type(exc).__name__}: {exc}",), order=95)]
+            echo(f"Warning: report section of plugin {impl.plugin_name!r} failed: {type(exc).__name__}: {exc}")
+        sections.extend(found)
+    return sorted(sections, key=lambda s: (s.order, s.name))
 
 
 # --------------------------------------------------------------------------- rendering
 
 
-def _md_cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+def _as_text(frame):
+    """The table with every cell as text: strings as they are, other values as config values."""
+    text = frame.map(lambda v: v if isinstance(v, str) else format_value(v))
+    text.columns = [str(c) for c in frame.columns]
+    return text
 
 
 def _md_table(frame) -> str:
-    columns = [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join(_md_cell(c) for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(_md_cell(_show(v) if not isinstance(v, str) else v) for v in row) + " |")
-    return "\n".join(lines)
+    escape = lambda s: s.replace("|", "\\|").replace("\n", " ")  # noqa: E731 - a cell is one line of a pipe table
+    text = _as_text(frame).map(escape)
+    text.columns = [escape(c) for c in text.columns]
+    # disable_numparse: tabulate would otherwise reformat numeric text ("0.7300" -> "0.73")
+    return text.to_markdown(index=False, tablefmt="github", disable_numparse=True)
 
 
 def _html_table(frame) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(v if isinstance(v, str) else _show(v))}</td>" for v in row) + "</tr>\n"
-                   for row in frame.itertuples(index=False))
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
+    return _as_text(frame).to_html(index=False, border=0)
 
 
 def _html_text(text: str) -> str:
@@ -790,7 +328,7 @@ def render(sections: list[ReportSection], out_dir: Path, title: str) -> tuple[st
                 md += [f"![{block.caption or block.name}]({file})", ""]
                 body.append(f'<figure><img src="{file}" alt="{html.escape(block.caption or block.name)}">'
                             f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
-            elif isinstance(block, Details):
+            elif isinstance(block, ReportDetails):
                 md += [f"<details><summary>{html.escape(block.summary)}</summary>", "", "```json", block.text, "```", "", "</details>", ""]
                 body.append(f"<details><summary>{html.escape(block.summary)}</summary><pre>{html.escape(block.text)}</pre></details>")
             elif hasattr(block, "itertuples"):
@@ -798,7 +336,7 @@ def render(sections: list[ReportSection], out_dir: Path, title: str) -> tuple[st
                 body.append(_html_table(block))
             else:
                 raise UserError(f"Report section {section.name!r} has a block of type {type(block).__name__}: "
-                                "use str, a pandas DataFrame or ReportFigure.")
+                                "use str, a pandas DataFrame, ReportFigure or ReportDetails.")
     page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
             f"<style>{STYLE}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
     return "\n".join(md).rstrip("\n") + "\n", page
@@ -817,35 +355,15 @@ def render_report(runs_dirs: Sequence[str | Path], out_dir: str | Path, *, basel
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.png"):
         stale.unlink()
-    builder = Builder(frame, cell_keys, baseline, runs_dirs)
-    comparison_rows = builder.comparison_rows()
-    sections = [builder.missing(), builder.leaderboard(), builder.comparisons(comparison_rows), builder.across(),
-                builder.ablation(), builder.dynamics(), builder.calibration(), builder.cost(), builder.provenance()]
     if registry is None:
         from testbed.plugins import load_plugins
 
         registry = load_plugins()
-    context = ReportContext(runs_dirs=tuple(runs_dirs), out_dir=out, baseline=baseline, cell_keys=tuple(cell_keys),
-                            metrics=lambda run_id: next((builder.metrics(r.runs_dir, r.run_id) for r in frame.itertuples()
-                                                         if r.run_id == run_id), []))
-    for impl in sorted(registry.pm.hook.testbed_report_sections.get_hookimpls(), key=lambda i: i.plugin_name):
-        try:  # one broken plugin costs its own section, not the report
-            found = list(impl.function(results=frame.copy(), context=context) or ())
-            bad = [type(s).__name__ for s in found if not isinstance(s, ReportSection)]
-            if bad:
-                raise TypeError(f"returned {bad[0]}, not ReportSection")
-        except Exception as exc:  # noqa: BLE001
-            found = [ReportSection(name=f"failed-{impl.plugin_name}", title=f"Plugin section failed: {impl.plugin_name}",
-                                   blocks=(f"The `testbed_report_sections` hook of plugin `{impl.plugin_name}` raised "
-                                           f"{type(exc).__name__}: {exc}",), order=95)]
-            echo(f"Warning: report section of plugin {impl.plugin_name!r} failed: {type(exc).__name__}: {exc}")
-        sections.extend(found)
-    sections.sort(key=lambda s: (s.order, s.name))
+    context = report_context(frame, cell_keys, baseline, runs_dirs, out)
+    sections = collect_sections(registry, frame, context, echo)
     md, page = render(sections, out, title or f"Report: {', '.join(d.name for d in runs_dirs)}")
-    pd.DataFrame(builder.leaderboard_rows()).to_csv(out / "summary.csv", index=False, float_format="%.6g")
-    pd.DataFrame(comparison_rows, columns=["group", "checkpoint", "cell", "baseline", "pairs", "mean_diff", "ci95_low",
-                                           "ci95_high", "test", "p", "effect_dz", "p_holm", "verdict"]
-                 ).to_csv(out / "comparisons.csv", index=False, float_format="%.6g")
+    pd.DataFrame(list(context.leaderboard)).to_csv(out / "summary.csv", index=False, float_format="%.6g")
+    pd.DataFrame(list(context.comparisons), columns=COMPARISON_COLUMNS).to_csv(out / "comparisons.csv", index=False, float_format="%.6g")
     (out / "index.md").write_text(md, encoding="utf-8")
     (out / "index.html").write_text(page, encoding="utf-8")
     echo(f"{len(frame)} runs ({int((frame.status == 'done').sum())} finished) -> {out / 'index.html'}")

@@ -1,6 +1,8 @@
 """The statistics of ``testbed report``, on plain arrays so they can be tested on known answers:
 seed summaries with t confidence intervals, paired tests by seed with Holm's correction,
-average ranks with the Friedman test and Nemenyi's critical difference, calibration error."""
+average ranks with the Friedman test and Nemenyi's critical difference, calibration error; and how
+the report writes them (``format_*``). Public through ``testbed`` for report sections, built-in or
+not. scipy is imported inside the functions: ``import testbed`` stays fast for every command."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 ALPHA = 0.05
 CI_NEEDS = "CI needs ≥ 2 seeds"
@@ -30,6 +31,8 @@ class Summary:
 
 def summarize(values, confidence: float = 0.95) -> Summary:
     """Mean, standard deviation and the t confidence interval of the mean of ``values`` (NaN dropped)."""
+    from scipy import stats
+
     x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     if len(x) == 0:
         return Summary(0, math.nan, None, None, None)
@@ -55,6 +58,8 @@ class Paired:
 
 def paired_test(a, b) -> Paired:
     """Compare paired samples ``a`` and ``b`` (same seeds, same order) with the rule of PAIRED_RULE."""
+    from scipy import stats
+
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     d = a - b
     n = len(d)
@@ -107,6 +112,8 @@ class Ranking:
 def friedman(table, alpha: float = ALPHA) -> Ranking:
     """``table``: 2-D array-like, rows = blocks (datasets), columns = methods, higher = better;
     a DataFrame keeps its column names. Average ranks, Friedman test, Nemenyi CD."""
+    from scipy import stats
+
     names = [str(c) for c in getattr(table, "columns", range(np.shape(table)[1]))]
     x = np.asarray(table, dtype=float)
     n, k = x.shape
@@ -150,3 +157,43 @@ def per_class_f1(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> tup
     recall = np.divide(tp, gold, out=np.zeros(num_classes), where=gold > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(num_classes), where=(precision + recall) > 0)
     return precision, recall, f1
+
+
+# --------------------------------------------------------------------------- how the report writes them
+
+
+def format_number(x: float | None, spec: str = ".4f") -> str:
+    """``x`` with ``spec``; "–" for None and NaN."""
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def format_mean_std(s: Summary) -> str:
+    return f"{format_number(s.mean)} ± {format_number(s.std)}" if s.std is not None else f"{format_number(s.mean)} (1 seed)"
+
+
+def format_ci(s: Summary, spec: str = ".4f") -> str:
+    """The interval of a metric in [0, 1], clipped to that range (summary.csv keeps the raw bounds)."""
+    if s.ci_low is None:
+        return CI_NEEDS
+    return f"[{format_number(max(0.0, s.ci_low), spec)}, {format_number(min(1.0, s.ci_high), spec)}]"
+
+
+def format_p(p: float | None) -> str:
+    if p is None:
+        return "–"
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def format_effect(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return ("∞" if x > 0 else "−∞") if math.isinf(x) else f"{x:.2f}"
+
+
+def format_value(value) -> str:
+    """A config value as the command line writes it (strings bare); "–" for None and NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    from testbed.grid import show
+
+    return show(value)

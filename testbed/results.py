@@ -80,11 +80,15 @@ def load_results(out_dir: str | Path, all_columns: bool = False):
     runs where it is set (all keys with ``all_columns``; train.threads only then, it is not part
     of a run's identity), sorted by those keys with the seed last,
     the metrics of result.json (NaN until done) and ``error`` for failed runs."""
+    return results_frame(scan_runs(out_dir), all_columns)
+
+
+def results_frame(runs: list[dict], all_columns: bool = False):
+    """``load_results`` of runs already read by ``scan_runs``."""
     import pandas as pd
 
     from testbed.config import NOT_IN_RUN_ID
 
-    runs = scan_runs(out_dir)
     configs = [flatten(r["config"]) for r in runs]
     keys: list[str] = []
     for config in configs:

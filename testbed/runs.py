@@ -3,10 +3,12 @@ probabilities of the last and best-on-validation checkpoints, test labels) and r
 
 A run is finished exactly when result.json exists; it is written atomically last, so an
 interrupted run is never mistaken for a finished one, and a finished run is never redone
-unless forced. User errors surface in ``prepare`` before the directory is created. A run
-that raised leaves error.json (an interrupt, e.g. Ctrl-C, leaves the run merely unfinished).
-Processes that share ``OUT`` (grid workers, two ``testbed grid`` commands) take the run's
-lock, ``OUT/.locks/<run_id>.lock``, before running it.
+unless forced. A run that raised leaves error.json (an interrupt, e.g. Ctrl-C, leaves the run
+merely unfinished).
+
+``execute`` is the one owner of a run directory, for ``testbed run`` and every grid cell alike:
+it takes the run's lock, ``OUT/.locks/<run_id>.lock``, before it deletes or writes anything in
+the directory, so no process touches a run that another live process is running.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ import os
 import platform
 import shutil
 import socket
-import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import NamedTuple
 
 from testbed import __version__
+from testbed.atomic import atomic_write_json, atomic_write_npz
 from testbed.config import RunConfig
 from testbed.errors import UserError
 from testbed.loop import prepare, train
@@ -36,37 +38,6 @@ from testbed.resources import git_commit, refuse_shared_data
 # the commit of the code this process imported: a later commit (or edit) made while a grid's
 # workers run must not be recorded as the code that produced their results
 IMPORTED_COMMIT = git_commit()
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """``write(handle)`` into a temporary file beside ``path``, fsync, rename into place: readers
-    see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def atomic_write_npz(path: Path, arrays: dict) -> None:
-    """``numpy.savez_compressed``, atomically; None values are left out."""
-    import numpy as np
-
-    atomic_write(path, lambda handle: np.savez_compressed(handle, **{k: v for k, v in arrays.items() if v is not None}))
 
 
 def read_result(run_dir: Path) -> dict | None:
@@ -89,7 +60,7 @@ def run_lock(out_dir: str | Path, run_id: str, attempts: int = 5) -> Iterator[bo
     False when another live process holds it. It is an ``flock`` on ``OUT/.locks/<run_id>.lock``
     (outside the run directory, which a rerun deletes), so the kernel releases it when its
     holder dies, even by ``kill -9``: a dead process never blocks a run. A few short retries
-    ride out a status probe (``run_status``) that holds it for microseconds."""
+    ride out a status probe (``is_locked``) that holds it for microseconds."""
     path = Path(out_dir) / LOCKS_DIR / f"{run_id}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -157,55 +128,120 @@ def run_status(out_dir: str | Path, run_id: str, probe_lock: bool = True) -> str
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def execute(cfg: RunConfig, registry, out_dir: str | Path, force: bool = False, progress: bool = True) -> tuple[Path, dict, bool]:
-    """Run ``cfg`` into ``out_dir/<run_id>``. Returns (run_dir, result, ran); ``ran`` is False
-    when a finished result already existed and was returned as it is."""
+class RunHeldElsewhere(UserError):
+    """Another live process (a grid cell, another ``testbed run``) holds the run's lock."""
+
+    def __init__(self, out_dir: Path, run_id: str):
+        self.holder = lock_holder(out_dir, run_id)  # "host pid started-at", or "" if not written yet
+        host, pid, since = (self.holder.split() + ["?", "?", "?"])[:3]
+        who = f"process {pid} on {host}, since {since}" if self.holder else "another process"
+        super().__init__(f"Run {run_id} in {out_dir} is running in another process ({who}; lock file "
+                         f"{Path(out_dir) / LOCKS_DIR / f'{run_id}.lock'}). Nothing was changed: wait for it to "
+                         f"finish, or run it into another directory with --out.")
+
+
+class RunFailedBefore(UserError):
+    """The run failed earlier (error.json) and ``retry_failed`` is off."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(f"Run {run_dir.name} failed earlier: see {run_dir / 'error.json'}. "
+                         "`testbed grid --retry-failed` or `testbed run` reruns it.")
+
+
+class RunOutcome(NamedTuple):
+    run_dir: Path
+    result: dict
+    ran: bool  # False: the run had finished before, and ``result`` is its result.json
+
+
+def execute(cfg: RunConfig, registry, out_dir: str | Path, force: bool = False, progress: bool = True, *,
+            retry_failed: bool = True, cell: str | None = None) -> RunOutcome:
+    """Run ``cfg`` into ``out_dir/<run_id>`` unless it has finished there (or ``force``).
+
+    Raises RunHeldElsewhere when another live process runs it, RunFailedBefore when it failed
+    earlier and not ``retry_failed``, a UserError naming the fix for a damaged result.json, and
+    whatever the run raised (after writing error.json, unless it was interrupted); in all of
+    these cases but the last it has touched nothing. ``cell`` names the grid cell the run is:
+    it goes into error.json, and a cell's failure in ``prepare`` is recorded like any other,
+    where ``testbed run`` reports it before writing anything."""
     refuse_shared_data(out_dir, "The runs directory", "Pass --out somewhere else, e.g. runs.")
-    run_dir = Path(out_dir) / cfg.run_id
-    existing = None if force else read_result(run_dir)
+    out = Path(out_dir)
+    run_dir = out / cfg.run_id
+    # without the lock first: a finished, failed or held run costs neither a lock file nor a prepare
+    existing = _settled(out, cfg.run_id, force, retry_failed, probe_lock=True)
     if existing is not None:
-        return run_dir, existing, False
-    parts = prepare(cfg, registry)  # user errors stop here, before anything is written
+        return RunOutcome(run_dir, existing, False)
+    parts = None if cell is not None else prepare(cfg, registry)  # `testbed run`: user errors stop here, before anything is written
 
-    if run_dir.exists():  # an unfinished or forced rerun starts from a clean directory
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    atomic_write_json(run_dir / "config.json", cfg.resolved)
-    started_at = _now()
-    registry.hook.testbed_run_started(run_dir=run_dir, config=cfg.resolved)
+    with run_lock(out, cfg.run_id) as mine:
+        if not mine:
+            raise RunHeldElsewhere(out, cfg.run_id)
+        existing = _settled(out, cfg.run_id, force, retry_failed, probe_lock=False)  # it may have finished meanwhile
+        if existing is not None:
+            return RunOutcome(run_dir, existing, False)
+        if run_dir.exists():  # an interrupted or failed attempt, or a forced rerun: its files must not mix with this one's
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        atomic_write_json(run_dir / "config.json", cfg.resolved)
+        result = _run(cfg, registry, parts, run_dir, progress, cell)
+    registry.hook.testbed_run_finished(run_dir=run_dir, result=result)
+    return RunOutcome(run_dir, result, True)
 
-    metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
 
-    def on_evaluation(record: dict) -> None:
-        metrics.write(json.dumps(record, sort_keys=True) + "\n")
-        metrics.flush()
-        os.fsync(metrics.fileno())
-        registry.hook.testbed_evaluation(run_dir=run_dir, record=record)
+def _settled(out: Path, run_id: str, force: bool, retry_failed: bool, probe_lock: bool) -> dict | None:
+    """The result of a run that needs no work (finished, not forced), None for one to run now;
+    raises for one that must not run now. ``probe_lock`` is off while this process holds the lock."""
+    run_dir = out / run_id
+    existing = None if force else read_result(run_dir)  # a damaged result.json: UserError with the fix
+    if existing is not None:
+        return existing
+    if probe_lock and is_locked(out, run_id):
+        raise RunHeldElsewhere(out, run_id)
+    if not (force or retry_failed) and (run_dir / "error.json").is_file():
+        raise RunFailedBefore(run_dir)
+    return None
 
+
+def _run(cfg: RunConfig, registry, parts, run_dir: Path, progress: bool, cell: str | None) -> dict:
+    """Prepare (unless done), train and write metrics, predictions and result.json into ``run_dir``,
+    which holds only config.json. A failure writes error.json, here and nowhere else."""
+    notified = False  # testbed_run_failed pairs with a testbed_run_started that returned
     try:
-        with metrics:
-            outcome = train(cfg, parts, on_evaluation=on_evaluation, progress=progress)
+        if parts is None:
+            parts = prepare(cfg, registry)
+        started_at = _now()
+        registry.hook.testbed_run_started(run_dir=run_dir, config=cfg.resolved)
+        notified = True
+        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics:
+            def on_evaluation(record: dict) -> None:
+                metrics.write(json.dumps(record, sort_keys=True) + "\n")
+                metrics.flush()
+                os.fsync(metrics.fileno())
+                registry.hook.testbed_evaluation(run_dir=run_dir, record=record)
+
+            trained = train(cfg, parts, on_evaluation=on_evaluation, progress=progress)
+        atomic_write_npz(run_dir / "predictions.npz", trained.predictions)  # test probabilities, for reports
+        result = {"run_id": cfg.run_id, "method": cfg.method, "dataset": cfg.dataset.name, "seed": cfg.seed,
+                  **trained.result, "started_at": started_at, "finished_at": _now(), "testbed_version": __version__, "git_commit": IMPORTED_COMMIT,
+                  "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                              "cpus": os.cpu_count(), "torch_threads": _torch_threads()}}
+        atomic_write_json(run_dir / "result.json", result)
     except BaseException as exc:  # an interrupt (KeyboardInterrupt) leaves the run unfinished, not failed
         interrupted = not isinstance(exc, Exception)
         error = f"{type(exc).__name__}: {exc}"
         if not interrupted:
-            atomic_write_json(run_dir / "error.json", {"error": error, "traceback": traceback.format_exc(), "at": _now()})
-        try:
-            registry.hook.testbed_run_failed(run_dir=run_dir, error=error, interrupted=interrupted)
-        except Exception as hook_error:  # noqa: BLE001 - the run's own error is the one to raise
-            warnings.warn(f"a testbed_run_failed hook raised {type(hook_error).__name__}: {hook_error}", stacklevel=2)
+            atomic_write_json(run_dir / "error.json", {"error": error, "traceback": traceback.format_exc(), "at": _now(),
+                                                       **({"cell": cell} if cell is not None else {})})
+        if notified:
+            try:
+                registry.hook.testbed_run_failed(run_dir=run_dir, error=error, interrupted=interrupted)
+            except Exception as hook_error:
+                warnings.warn(f"a testbed_run_failed hook raised {type(hook_error).__name__}: {hook_error}", stacklevel=2)
         raise
-    atomic_write_npz(run_dir / "predictions.npz", outcome.pop("predictions"))  # test probabilities, for reports
-    result = {"run_id": cfg.run_id, "method": cfg.method, "dataset": cfg.dataset.name, "seed": cfg.seed,
-              **outcome, "started_at": started_at, "finished_at": _now(), "testbed_version": __version__, "git_commit": IMPORTED_COMMIT,
-              "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                          "cpus": os.cpu_count(), "torch_threads": _torch_threads()}}
-    atomic_write_json(run_dir / "result.json", result)
-    registry.hook.testbed_run_finished(run_dir=run_dir, result=result)
-    return run_dir, result, True
+    return result
 
 
 def _torch_threads() -> int:

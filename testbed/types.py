@@ -1,7 +1,12 @@
-"""The data types of the seams: records that plugins return, what factories get (contexts), and
-the interfaces of what they build (selectors, teachers, executors, report sections).
+"""The data types of the seams: the records plugins return, the context each kind of factory gets,
+and the interfaces of what factories build (augmenters, teachers, selectors, executors, report
+sections).
 
-Everything here is public through ``testbed``; the hooks that return these are in ``testbed.hookspecs``.
+Every record but ``Preset`` is a ``Component``: ``factory(options, context)`` builds the object the
+run uses, from the typed ``options`` (its fields are the config keys) and the context record of its
+kind (``AugmentationContext``, ``DatasetContext``, ``BackboneContext``, ``RunContext``,
+``TeacherContext``, ``ExecutorContext``). Everything here is public through ``testbed``; the hooks
+that return the records are in ``testbed.hookspecs``.
 """
 
 from __future__ import annotations
@@ -13,8 +18,7 @@ from typing import Annotated, Any
 
 import numpy as np
 
-
-# --------------------------------------------------------------------------- data types
+# --------------------------------------------------------------------------- data
 
 
 @dataclass(frozen=True)
@@ -44,27 +48,6 @@ class DatasetSplits:
     unlabeled: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class RunContext:
-    """Facts about the run that factories may need."""
-
-    num_classes: int
-    pool_size: int  # number of unlabeled texts; selectors index per-example state by position
-    steps: int
-    seed: int
-    labeled: Texts | None = None  # the labeled set, for teachers that train before the run
-    unlabeled_batch_size: int = 0  # unlabeled examples per step, to size warm-ups to the budget
-    load_backbone: Callable[[str], tuple[Any, Any]] | None = None  # name/path/hub id -> (model, tokenizer)
-    tokenize: Callable[[list[str]], dict] | None = None  # the student's tokenizer, padded to the batch
-
-    def budget_momentum(self) -> float:
-        """EMA momentum sized to this run: m = 1 - 1/τ with a time constant τ of 1% of the steps,
-        at least 10. Published momenta (0.999, τ = 1000) assume ~10^5 steps; this rule gives
-        0.999 back at USB's 102,400 iterations, and 0.9 at 500 steps, where 0.999 would leave
-        61% of the initial value in the average at the end of the run."""
-        return 1.0 - 1.0 / max(10.0, 0.01 * self.steps)
-
-
 class TextBatch:
     """The texts of one view; ``inputs`` tokenizes them for the student on first use."""
 
@@ -78,34 +61,117 @@ class TextBatch:
         return self._inputs
 
 
+# --------------------------------------------------------------------------- contexts: what factories get
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Facts about the run, for the factories of selectors, distances and schedules."""
+
+    num_classes: int
+    pool_size: int  # number of unlabeled texts; selectors index per-example state by position
+    steps: int
+    seed: int
+    labeled: Texts | None = None  # the labeled set, for teachers that train before the run
+    unlabeled_batch_size: int = 0  # unlabeled examples per step, to size warm-ups to the budget
+    load_backbone: Callable[[str], tuple[Any, Any]] | None = None  # name/path/hub id -> (model, tokenizer), the run's registry
+    tokenize: Callable[[list[str]], dict] | None = None  # the student's tokenizer, padded to the batch
+
+    def budget_momentum(self) -> float:
+        """EMA momentum sized to this run: m = 1 - 1/τ with a time constant τ of 1% of the steps,
+        at least 10. Published momenta (0.999, τ = 1000) assume ~10^5 steps; this rule gives
+        0.999 back at USB's 102,400 iterations, and 0.9 at 500 steps, where 0.999 would leave
+        61% of the initial value in the average at the end of the run."""
+        return 1.0 - 1.0 / max(10.0, 0.01 * self.steps)
+
+
+@dataclass(frozen=True)
+class TeacherContext(RunContext):
+    """What a teacher's factory gets: the run's facts and the student it teaches."""
+
+    student: Any = None  # the model being trained (torch.nn.Module); EMA and snapshot teachers copy it
+
+
+@dataclass(frozen=True)
+class DatasetContext:
+    """What a dataset's factory gets."""
+
+    data_dir: Path | None = None  # the local data directory ($TESTBED_DATA, or ../shared/data beside the checkout)
+
+
+@dataclass(frozen=True)
+class BackboneContext:
+    """What a backbone's factory gets."""
+
+    num_labels: int
+    # any backbone name, local path or hub id -> (model, tokenizer), through the run's own registry
+    # (so a backbone that wraps another, e.g. a frozen encoder, sees plugins from --plugins-dir too)
+    load_backbone: Callable[[str], tuple[Any, Any]]
+
+
+@dataclass(frozen=True)
+class AugmentationContext:
+    """What an augmentation's factory gets: augmentations made of others build them here."""
+
+    build: Callable[[Any], Callable[[list[str], np.ndarray], list[str]]]  # spec -> augmenter
+    options: Callable[[Any], Any]  # spec -> its typed options dataclass, defaults filled in
+
+
+@dataclass(frozen=True)
+class ExecutorContext:
+    """What ``testbed grid`` asks of an executor."""
+
+    workers: int  # parallel cells wanted (--workers)
+    cores: int  # CPU cores of this machine, for executors that size threads per worker
+
+
+# --------------------------------------------------------------------------- what factories build
+
+
+class Augmenter:
+    """What an augmentation's factory returns: ``augmenter(texts, seeds) -> views``, one seed per
+    text; a text's view depends only on the text, its seed and the options. Wrap a function
+    (``Augmenter(fn)``) or subclass and override ``augment``. It counts ``seen`` texts and
+    ``unchanged`` views (equal to their text: too short, nothing to change)."""
+
+    #: changes when data the options only name changes (a model directory, a word list): it joins the view-cache key
+    fingerprint: str = ""
+    #: True when views are always the texts themselves (identity): no cache, no change statistics
+    passthrough: bool = False
+
+    def __init__(self, fn: Callable[[list[str], np.ndarray], list[str]] | None = None, fingerprint: str = "",
+                 passthrough: bool = False):
+        self.fn, self.seen, self.unchanged = fn, 0, 0
+        self.fingerprint = fingerprint or type(self).fingerprint
+        self.passthrough = passthrough or type(self).passthrough
+
+    def augment(self, texts: list[str], seeds: np.ndarray) -> list[str]:
+        return self.fn(texts, seeds)
+
+    def fit(self, texts: list[str]) -> None:
+        """Called with the run's unlabeled pool before any view is made (e.g. tf-idf statistics);
+        a fitted augmenter sets ``fingerprint`` from what it learned."""
+
+    def __call__(self, texts, seeds) -> list[str]:
+        texts = list(texts)
+        seeds = np.asarray(seeds)
+        if len(seeds) != len(texts):
+            raise ValueError(f"augment() got {len(texts)} texts and {len(seeds)} seeds; pass one seed per text")
+        out = self.augment(texts, seeds) if texts else []
+        self.seen += len(texts)
+        self.unchanged += sum(1 for a, b in zip(out, texts) if a == b)
+        return out
+
+
 @dataclass
 class Selection:
     """A selector's output: per-example ``targets`` [B, C] (probabilities; one-hot for hard
-    labels) and ``weights`` [B] in [0, 1] (0 = not selected)."""
+    labels), ``weights`` [B] in [0, 1] (0 = not selected), and the teacher ``probs`` [B, C] they
+    came from (the mean of several passes for selectors that ask for more than one)."""
 
     targets: Any  # torch.Tensor
     weights: Any  # torch.Tensor
-
-
-class BaseSelector:
-    """Turns teacher probabilities into pseudo-targets and weights. Subclass and override
-    ``select``; selectors with state across steps override the state methods so runs resume."""
-
-    teacher_passes: int = 1  # K > 1: ``select`` gets [K, B, C] from K stochastic (dropout) teacher passes
-
-    def select(self, probs, indices, step: int) -> Selection:
-        """probs: [B, C] teacher probabilities; indices: [B] positions in the unlabeled pool."""
-        raise NotImplementedError
-
-    def stats(self) -> dict[str, float]:
-        """Current thresholds and the like, recorded at every evaluation."""
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+    probs: Any = None  # torch.Tensor; filled in by BaseSelector.choose
 
 
 class BaseTeacher:
@@ -116,124 +182,48 @@ class BaseTeacher:
         ``stochastic=True`` asks for dropout to be on (MC-dropout selectors)."""
         raise NotImplementedError
 
-    def update(self, student, step: int) -> bool:
-        """Called after every optimizer step (EMA teachers average here). Return True when the
-        student's weights were replaced (re-initialised), so the loop resets the optimizer state."""
-        return False
+    def update(self, student, step: int, training: Training) -> None:
+        """Called after every optimizer step: EMA teachers average here; a teacher that
+        re-initialises the student calls ``training.restart()``."""
 
 
-# --------------------------------------------------------------------------- records
+class BaseSelector:
+    """Turns teacher probabilities into pseudo-targets and weights. Subclass and override
+    ``select``; selectors with state across steps override the state methods."""
+
+    def select(self, probs, indices, step: int) -> Selection:
+        """probs: [B, C] teacher probabilities; indices: [B] positions in the unlabeled pool."""
+        raise NotImplementedError
+
+    def choose(self, teacher: BaseTeacher, batch: TextBatch, indices, step: int) -> Selection:
+        """Ask the teacher and select: what the loop calls. Override to ask the teacher otherwise
+        (e.g. several stochastic passes for MC-dropout uncertainty)."""
+        probs = teacher.probs(batch)
+        selection = self.select(probs, indices, step)
+        selection.probs = probs
+        return selection
+
+    def stats(self) -> dict[str, float]:
+        """Current thresholds and the like, recorded at every evaluation."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything ``select`` has learned across steps, as tensors and numbers."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
-@dataclass(frozen=True, kw_only=True)
-class Record:
-    name: str
-    summary: str
-    options: type = NoOptions
+class Training:
+    """The optimizer side of the run, as a teacher's ``update`` sees it."""
 
+    def __init__(self, optimizer, lr_schedule):
+        self.optimizer, self.lr_schedule = optimizer, lr_schedule
 
-@dataclass(frozen=True, kw_only=True)
-class Augmentation(Record):
-    """factory(options) -> augment(texts: list[str], seeds: np.ndarray) -> list[str].
-    One seed per text: the view of a text depends only on the text, its seed and the options.
-    Optional attributes of ``augment``: ``unchanged`` (count of texts returned as they were:
-    empty, too short, nothing to change), ``fingerprint`` (a string that changes when data the
-    options only name changes, e.g. a model directory; it joins the view-cache key), and a
-    method ``fit(texts)``, called with the run's unlabeled pool before any view is made (e.g.
-    tf-idf word statistics; read ``fingerprint`` after it).
-
-    ``composite=True``: the factory is called as factory(options, context: AugmentationContext)
-    and its options may hold other augmentations as ``AugmentationSpec`` fields, which the config
-    checks like ``augmentation.strong`` itself (did-you-mean names, valid options, defaults filled
-    in). Example, two augmentations in a row::
-
-        @dataclass(frozen=True)
-        class PairOptions:
-            first: AugmentationSpec = "word_swap"
-            then: AugmentationSpec = "token_mask"
-
-        def pair(options, context):
-            first, then = context.build(options.first), context.build(options.then)
-            return lambda texts, seeds: then(first(texts, seeds), seeds + 1)
-
-        Augmentation(name="pair", summary="two in a row", factory=pair, options=PairOptions, composite=True)
-    """
-
-    factory: Callable[..., Callable[[list[str], np.ndarray], list[str]]]
-    composite: bool = False
-
-
-AugmentationSpec = Annotated[Any, "testbed.augmentation_spec"]
-"""Type of an option that names another augmentation: ``"eda"`` or ``{"name": "eda", "p_rd": 0.2}``
-(``list[AugmentationSpec]`` for several). After config resolution it is the canonical table."""
-
-
-@dataclass(frozen=True)
-class AugmentationContext:
-    """What a composite augmentation's factory gets."""
-
-    build: Callable[[Any], Callable[[list[str], np.ndarray], list[str]]]  # spec -> augment callable
-    options: Callable[[Any], Any]  # spec -> its typed options dataclass, defaults filled in
-
-
-@dataclass(frozen=True, kw_only=True)
-class Distance(Record):
-    """factory(options) -> distance(student_logits [B, C], targets [B, C]) -> [B], per example."""
-
-    factory: Callable[[Any], Callable[[Any, Any], Any]]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Selector(Record):
-    """factory(options, context: RunContext) -> BaseSelector."""
-
-    factory: Callable[[Any, RunContext], BaseSelector]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Teacher(Record):
-    """factory(options, context: RunContext, student) -> BaseTeacher."""
-
-    factory: Callable[[Any, RunContext, Any], BaseTeacher]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Schedule(Record):
-    """factory(options, context: RunContext) -> weight(step: int) -> float, the λ(t) of the
-    consistency loss (0 skips the unlabeled batch)."""
-
-    factory: Callable[[Any, RunContext], Callable[[int], float]]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Dataset(Record):
-    """factory(options) -> DatasetSplits. Raise UserError for missing or malformed data."""
-
-    factory: Callable[[Any], DatasetSplits]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Backbone(Record):
-    """factory(options, num_labels) -> (model, tokenizer): a Hugging Face-style sequence
-    classifier (``model(**inputs).logits``) and a tokenizer callable on a list of texts."""
-
-    factory: Callable[[Any, int], tuple[Any, Any]]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Executor(Record):
-    """factory(options, context: ExecutorContext) -> BaseExecutor: where the cells of a grid run
-    (a local process pool, a dask cluster, ...). Selected with ``testbed grid --executor NAME``."""
-
-    factory: Callable[[Any, "ExecutorContext"], "BaseExecutor"]
-
-
-@dataclass(frozen=True)
-class ExecutorContext:
-    """What ``testbed grid`` asks of an executor."""
-
-    workers: int  # parallel cells wanted (--workers)
-    cores: int  # CPU cores of this machine, for executors that size threads per worker
+    def restart(self) -> None:
+        """The student's weights were replaced (re-initialised): its optimizer moments no longer apply."""
+        self.optimizer.state.clear()
 
 
 class BaseExecutor:
@@ -259,6 +249,91 @@ class BaseExecutor:
         self.close()
 
 
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, kw_only=True)
+class Record:
+    """A named entry of a collection hook."""
+
+    name: str
+    summary: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Component(Record):
+    """A record whose ``factory(options, context)`` builds what the run uses. ``shorthand``, when
+    given, claims names that are not registered: ``shorthand(name)`` returns the options that make
+    the name mean this record (``backbone.name=bert-base-uncased`` -> the Hugging Face backbone with
+    ``model="bert-base-uncased"``), or None."""
+
+    options: type = NoOptions
+    factory: Callable[[Any, Any], Any]
+    shorthand: Callable[[str], dict | None] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Augmentation(Component):
+    """factory(options, AugmentationContext) -> Augmenter. Options may hold other augmentations as
+    ``AugmentationSpec`` fields, checked like ``augmentation.strong`` itself (did-you-mean names,
+    valid options, defaults filled in). Example, two augmentations in a row::
+
+        @dataclass(frozen=True)
+        class PairOptions:
+            first: AugmentationSpec = "word_swap"
+            then: AugmentationSpec = "token_mask"
+
+        def pair(options, context):
+            first, then = context.build(options.first), context.build(options.then)
+            return Augmenter(lambda texts, seeds: then(first(texts, seeds), seeds + 1))
+
+        Augmentation(name="pair", summary="two in a row", factory=pair, options=PairOptions)
+    """
+
+
+AugmentationSpec = Annotated[Any, "testbed.augmentation_spec"]
+"""Type of an option that names another augmentation: ``"eda"`` or ``{"name": "eda", "p_rd": 0.2}``
+(``list[AugmentationSpec]`` for several). After config resolution it is the canonical table."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Distance(Component):
+    """factory(options, RunContext) -> distance(student_logits [B, C], targets [B, C]) -> [B], per example."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Selector(Component):
+    """factory(options, RunContext) -> BaseSelector."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Teacher(Component):
+    """factory(options, TeacherContext) -> BaseTeacher."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule(Component):
+    """factory(options, RunContext) -> weight(step: int) -> float, the λ(t) of the consistency
+    loss (0 skips the unlabeled batch)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dataset(Component):
+    """factory(options, DatasetContext) -> DatasetSplits. Raise UserError for missing or malformed data."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Backbone(Component):
+    """factory(options, BackboneContext) -> (model, tokenizer): a Hugging Face-style sequence
+    classifier (``model(**inputs).logits``) and a tokenizer callable on a list of texts."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Executor(Component):
+    """factory(options, ExecutorContext) -> BaseExecutor: where the cells of a grid run (a local
+    process pool, a dask cluster, ...). Selected with ``testbed grid --executor NAME``."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Preset(Record):
     """A named method: nested config settings over the seams, e.g.
@@ -277,10 +352,21 @@ class ReportFigure:
 
 
 @dataclass(frozen=True)
+class ReportDetails:
+    """A collapsed block of a report section: ``summary`` always shown, ``text`` (preformatted,
+    e.g. JSON) on a click."""
+
+    summary: str
+    text: str
+
+
+@dataclass(frozen=True)
 class ReportSection:
-    """One section of ``testbed report``: a title and blocks in order, each a Markdown string,
-    a pandas DataFrame (rendered as a table) or a ReportFigure. ``order`` places it among the
-    built-in sections (leaderboard 10, comparisons 20, ... provenance 100)."""
+    """One section of ``testbed report``: a title and blocks in order, each a Markdown string, a
+    pandas DataFrame (rendered as a table), a ReportFigure or a ReportDetails. Sections are sorted
+    by ``order``, then ``name``; the built-in ones: runs 5, leaderboard 10, comparisons 20, across
+    datasets 30, ablation 40, dynamics 50, calibration 60, cost 70, published references 80,
+    provenance 100."""
 
     name: str
     title: str
@@ -290,10 +376,29 @@ class ReportSection:
 
 @dataclass(frozen=True)
 class ReportContext:
-    """What a report-section hook gets beside the results table."""
+    """What a report-section hook gets beside the results table. The report reads every run once and
+    decides grouping, order and colors once, here, so that every section (built-in or not) agrees.
+
+    A *group* is a dataset and label budget ("trec · 10 labels/class", the ``group`` column); a
+    *cell* is what is compared within a group (the ``cell`` column). Runs, metrics and predictions
+    are keyed by run id (a run found in several runs directories is counted once)."""
 
     runs_dirs: tuple[Path, ...]
     out_dir: Path  # the report directory
     baseline: str  # the baseline method or cell label of the paired comparisons
     cell_keys: tuple[str, ...]  # config keys that name a cell (the "method"), seed excluded
-    metrics: Callable[[str], list[dict]]  # run_id -> its metrics.jsonl records
+    metrics: Callable[[str], list[dict]]  # run_id -> its metrics.jsonl records ([] without); read once
+    predictions: Callable[[str], Mapping[str, np.ndarray] | None] = lambda run_id: None  # run_id -> predictions.npz arrays; read once
+    groups: tuple[str, ...] = ()  # groups with finished runs, by dataset name, then label budget
+    cells: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # group -> its cells, best mean test accuracy (last) first
+    baseline_cells: Mapping[str, str] = field(default_factory=dict)  # group -> its baseline cell; absent: no baseline runs there
+    class_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # group -> label names (result.json), () if unknown
+    colors: Mapping[str, str] = field(default_factory=dict)  # cell -> matplotlib color, the same in every plot
+    leaderboard: tuple[Mapping[str, Any], ...] = ()  # per group, cell, checkpoint, metric: seeds, mean, std, CI (summary.csv)
+    comparisons: tuple[Mapping[str, Any], ...] = ()  # paired tests of every cell against its group's baseline (comparisons.csv)
+    duplicates: tuple[Mapping[str, Any], ...] = ()  # runs found in several runs directories: run, counted from, also in
+
+    def class_name(self, group: str, index: int) -> str:
+        """The name of class ``index`` in ``group``, else "class <index>"."""
+        names = self.class_names.get(group, ())
+        return str(names[index]) if 0 <= index < len(names) else f"class {index}"

@@ -16,9 +16,9 @@ if "TESTBED_CACHE" not in os.environ:  # views and fitted models of test runs st
     os.environ["TESTBED_CACHE"] = tempfile.mkdtemp(prefix="testbed-tests-cache-")
     atexit.register(shutil.rmtree, os.environ["TESTBED_CACHE"], ignore_errors=True)
 
-from testbed.config import parse_overrides, resolve  # noqa: E402
-from testbed.data import data_dir  # noqa: E402
-from testbed.plugins import load_plugins  # noqa: E402
+from testbed.config import parse_overrides, resolve
+from testbed.data import data_dir
+from testbed.plugins import load_plugins
 
 # A few steps of a 1-layer, 32-wide BERT on small slices of the data, single-threaded
 # (one thread is both faster for a model this small and bit-for-bit reproducible).
@@ -48,7 +48,7 @@ TIME_FIELDS = {"elapsed_seconds"}
 EXPLODING_DISTANCE = '''
 from testbed import hookimpl, Distance
 
-def explode(options):
+def explode(options, context):
     def distance(logits, targets):
         raise RuntimeError("boom in the distance")
     return distance

@@ -1,7 +1,7 @@
-"""The built-in augmentations on real data slices: native word- and token-level ones, EDA, the
-masked-LM and paraphrase ones (tiny random models), precomputed views and compositions. Each is
-seeded per text (same seeds, same views, whatever the batch), passes bad input through and counts
-it, and rejects unknown options; FixMatch runs end to end with several of them as strong view."""
+"""The augmentations: identity, word and token level, EDA, language-model ones, precomputed views, compositions."""
+
+# Each is seeded per text (same seeds, same views, whatever the batch), passes bad input through and
+# counts it, and rejects unknown options; FixMatch runs end to end with several of them as strong view.
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from testbed.config import parse_overrides, resolve
 from testbed.errors import UserError
 from testbed.runs import execute
 from testbed.views import build_augmentation
+from testbed_plugins import _resources as nltk_resources
 
 NO_SYNONYMS = {"name": "eda", "alpha_sr": 0.0, "alpha_ri": 0.0}
 NATIVE = {
@@ -163,6 +164,63 @@ def test_texts_an_augmenter_cannot_change_are_counted(registry):
     assert nothing(["a b c", "d e f"], seeds(2)) == ["a b c", "d e f"] and nothing.unchanged == 2
 
 
+# --------------------------------------------------------------------------- identity and drop_swap
+
+
+def augmentation(registry, name, **options):
+    return build_augmentation({"name": name, **options}, registry)
+
+
+SENTENCE = "the quick brown fox jumps over the lazy dog while seven wizards quietly judge every boxer in town"
+
+
+def test_identity_augmentation(registry):
+    aug = augmentation(registry, "identity")
+    texts = ["a b", "", SENTENCE]
+    out = aug(texts, np.array([1, 2, 3]))
+    assert out == texts and out is not texts
+
+
+def test_drop_swap_is_seeded_per_text(registry):
+    aug = augmentation(registry, "drop_swap")
+    assert aug([SENTENCE], np.array([5])) == aug([SENTENCE], np.array([5]))
+    outputs = {aug([SENTENCE], np.array([seed]))[0] for seed in range(5)}
+    assert len(outputs) > 1 and SENTENCE not in outputs
+    # the view of a text depends on the text and its seed only, not on the rest of the batch
+    batch = aug(["other words here to change things", SENTENCE], np.array([9, 5]))
+    assert batch[1] == aug([SENTENCE], np.array([5]))[0]
+
+
+def test_drop_swap_only_drops_and_reorders_words(registry):
+    words = SENTENCE.split()
+    for seed in range(5):
+        out = augmentation(registry, "drop_swap", p_delete=0.3, p_swap=0.2)([SENTENCE], np.array([seed]))[0].split()
+        assert 1 <= len(out) < len(words) + 1
+        assert not (set(out) - set(words))
+    swapped = augmentation(registry, "drop_swap", p_delete=0.0, p_swap=0.5)([SENTENCE], np.array([3]))[0]
+    assert sorted(swapped.split()) == sorted(words) and swapped != SENTENCE
+    one_left = augmentation(registry, "drop_swap", p_delete=1.0, p_swap=0.0)([SENTENCE], np.array([3]))[0]
+    assert len(one_left.split()) == 1 and one_left in words  # at least one word stays
+
+
+@pytest.mark.parametrize("text", ["", "   ", "word", "  word  "])
+def test_drop_swap_leaves_too_short_texts_alone(registry, text):
+    aug = augmentation(registry, "drop_swap", p_delete=0.9, p_swap=0.9)
+    assert aug([text], np.array([1])) == [text]
+
+
+def test_drop_swap_with_zero_probabilities_is_the_identity(registry):
+    aug = augmentation(registry, "drop_swap", p_delete=0.0, p_swap=0.0)
+    texts = [SENTENCE, "two words", "What is the full form of .com ?"]
+    assert aug(texts, np.array([1, 2, 3])) == texts
+
+
+@pytest.mark.parametrize("override", ["augmentation.strong.p_delete=2", "augmentation.strong.p_swap=-0.1"])
+def test_drop_swap_options_are_validated(registry, override):
+    with pytest.raises(UserError, match=r"Invalid value in section 'augmentation.strong'.*must be in \[0, 1\]"):
+        resolve(parse_overrides(["method=fixmatch", override]), registry)
+
+
 # --------------------------------------------------------------------------- word level
 
 
@@ -234,7 +292,7 @@ def test_eda_operations_with_a_synonym_file(registry, synonyms_file):
 def test_eda_without_wordnet_says_how_to_get_it(registry, tmp_path, monkeypatch):
     from testbed_plugins import augmentations
 
-    monkeypatch.setenv(resources.NLTK_DATA_ENV, str(tmp_path / "empty-nltk-data"))
+    monkeypatch.setenv(nltk_resources.NLTK_DATA_ENV, str(tmp_path / "empty-nltk-data"))
     augmentations.wordnet_synonyms.cache_clear()
     try:
         with pytest.raises(UserError, match=r"(?s)WordNet.*nltk.*wordnet-base.*alpha_sr = alpha_ri = 0"):
@@ -246,7 +304,7 @@ def test_eda_without_wordnet_says_how_to_get_it(registry, tmp_path, monkeypatch)
 
 
 def test_eda_with_wordnet_replaces_words_by_synonyms(registry):
-    if resources.find_wordnet() is None:
+    if nltk_resources.find_wordnet() is None:
         pytest.skip("WordNet is not set up here (scripts/setup_nltk_data.py)")
     text = "The company reported strong quarterly profits despite the difficult market"
     augment = build_augmentation({"name": "eda", "alpha_sr": 0.3, "alpha_ri": 0.0, "alpha_rs": 0.0, "p_rd": 0.0}, registry)
@@ -453,7 +511,7 @@ def test_nested_specs_are_checked_like_top_level_ones(registry, steps, message):
 @pytest.mark.parametrize("strong", ["eda", "token_mask", "sequence", "precomputed"])
 def test_fixmatch_with_each_strong_view(strong, registry, tmp_path, data_root):
     extra = {"eda": ["augmentation.strong.alpha_sr=0.0", "augmentation.strong.alpha_ri=0.0"]
-             if resources.find_wordnet() is None else [],
+             if nltk_resources.find_wordnet() is None else [],
              "sequence": ['augmentation.strong.steps=[{name="drop_swap", p_delete=0.2}, {name="token_mask", p=0.1}]'],
              "precomputed": [f"augmentation.strong.path={tmp_path / 'trec_views.jsonl'}", "augmentation.strong.columns=[\"aug_0\"]"]}
     if strong == "precomputed":  # a view for every TREC training text
@@ -470,6 +528,7 @@ def test_fixmatch_with_each_strong_view(strong, registry, tmp_path, data_root):
     assert result["mask_rate"] == 1.0  # threshold 0: every strong view was trained on
 
 
+@pytest.mark.slow
 def test_fixmatch_runs_with_every_registered_augmentation_as_its_strong_view(registry, tmp_path, tiny_mlm,
                                                                               tiny_causal_lm, precomputed_file):
     """The issue's promise: any augmentation, built-in or nlpaug-backed, is one config key away."""

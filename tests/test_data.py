@@ -1,10 +1,12 @@
-"""Data: loading files, the seeded stratified split, gold labels kept from training, bad input."""
+"""The datasets: loading files, hub datasets, the seeded stratified split, gold labels kept from training, bad input."""
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
 import json
+import sys
+import types
 from collections import Counter
 from pathlib import Path
 
@@ -15,8 +17,9 @@ import torch
 from click.testing import CliRunner
 
 from conftest import FAST, tiny_rows, write_jsonl
-from testbed import DatasetSplits, Texts
+from testbed import DatasetContext, DatasetSplits, Texts
 from testbed.cli import main
+from testbed.config import parse_overrides, resolve
 from testbed.data import load_dataset_dir, load_dataset_files, make_split, read_rows
 from testbed.errors import UserError
 from testbed.loop import prepare, train
@@ -173,7 +176,7 @@ def test_pool_gold_labels_never_reach_training(fast_config):
         if garble is not None:
             parts.split = dataclasses.replace(parts.split, pool_gold=garble(parts.split))
         records = []
-        result = train(cfg, parts, on_evaluation=records.append, progress=False)
+        result = train(cfg, parts, on_evaluation=records.append, progress=False).result
         return parts.student, records, result
 
     student, records, result = run()
@@ -245,12 +248,12 @@ def test_files_dataset_through_the_registry(registry, tmp_path):
     write_jsonl(tmp_path / "my_train.jsonl", rows)
     write_jsonl(tmp_path / "my_test.jsonl", rows[:2])
     record = registry.get("dataset", "files")
-    data = record.factory(record.options(path=str(tmp_path / "my_train.jsonl"), test=str(tmp_path / "my_test.jsonl")))
+    data = record.factory(record.options(path=str(tmp_path / "my_train.jsonl"), test=str(tmp_path / "my_test.jsonl")), DatasetContext())
     assert data.label_names == ["a", "b"] and len(data.train) == 6 and len(data.test) == 2
     with pytest.raises(UserError, match="dataset.test must name the test file"):
-        record.factory(record.options(path=str(tmp_path / "my_train.jsonl")))
+        record.factory(record.options(path=str(tmp_path / "my_train.jsonl")), DatasetContext())
     with pytest.raises(UserError, match="dataset.path is empty"):
-        record.factory(record.options())
+        record.factory(record.options(), DatasetContext())
 
 
 def test_empty_csv_text_stays_empty(tmp_path):
@@ -346,3 +349,54 @@ def test_empty_train_file_without_labels_json_names_the_file(tmp_path):
     write_jsonl(tmp_path / "test.jsonl", tiny_rows(2))
     with pytest.raises(UserError, match=r"train\.jsonl.* is empty"):
         load_dataset_dir(tmp_path)
+
+
+# --------------------------------------------------------------------------- hub datasets (a stand-in `datasets`)
+
+
+class _ClassLabel:
+    def __init__(self, names):
+        self.names = names
+
+
+class _Split(list):
+    def __init__(self, rows, features):
+        super().__init__(rows)
+        self.features = features
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """A stand-in for the `datasets` package: offline, so the conversion code is what is tested."""
+    calls = []
+
+    def load_dataset(hub_id, subset=None):
+        calls.append((hub_id, subset))
+        if hub_id != "org/reviews":
+            raise FileNotFoundError(f"Dataset '{hub_id}' doesn't exist on the Hub")
+        features = {"sentence": None, "stars": _ClassLabel(["bad", "good"])}
+        train = [{"sentence": f"review {i}", "stars": i % 2} for i in range(40)]
+        test = [{"sentence": f"test {i}", "stars": i % 2} for i in range(10)]
+        return {"train": _Split(train, features), "test": _Split(test, features)}
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    return calls
+
+
+def test_hub_dataset_uses_class_names_and_columns(fake_hub, registry):
+    record = registry.get("dataset", "hub")
+    data = record.factory(record.options(hub_id="org/reviews", subset="en", text_column="sentence", label_column="stars"), DatasetContext())
+    assert fake_hub == [("org/reviews", "en")]
+    assert data.label_names == ["bad", "good"]
+    assert data.train.texts[3] == "review 3" and data.train.labels[3] == 1 and len(data.test) == 10
+
+
+def test_hub_dataset_errors_are_user_errors(fake_hub, registry):
+    record = registry.get("dataset", "hub")
+    with pytest.raises(UserError, match="Could not load hub dataset 'org/missing'"):
+        record.factory(record.options(hub_id="org/missing"), DatasetContext())
+    with pytest.raises(UserError, match="has no split 'validation'"):
+        record.factory(record.options(hub_id="org/reviews", text_column="sentence", label_column="stars", test_split="validation"), DatasetContext())
+    cfg = resolve(parse_overrides(["dataset.name=hub"]), registry)
+    with pytest.raises(UserError, match="dataset.hub_id is empty"):
+        cfg.choices["dataset"].record.factory(cfg.choices["dataset"].options, DatasetContext())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -11,12 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import EXPLODING_DISTANCE, FAST, TIME_FIELDS, read_jsonl
+from conftest import FAST, TIME_FIELDS, read_jsonl
 from testbed.cli import main
-from testbed.errors import UserError
 from testbed.config import parse_overrides, resolve, run_id
-from testbed.plugins import load_plugins
-from testbed.runs import execute
+from testbed.errors import UserError
+from testbed.runs import LOCKS_DIR, execute
 
 # eval_every=3 with 7 steps: evaluations at 3, 6 and always at the last step
 FIXMATCH = ["run", "method=fixmatch", *FAST, "train.steps=7", "selector.threshold=0.3"]
@@ -33,7 +31,7 @@ def invoke(args: list[str], out: Path):
 
 
 def only_run_dir(out: Path) -> Path:
-    (run_dir,) = out.iterdir()
+    (run_dir,) = [p for p in out.iterdir() if p.name != LOCKS_DIR]  # OUT/.locks: the runs' locks
     return run_dir
 
 
@@ -65,14 +63,14 @@ def test_run_writes_config_metrics_and_result(fixmatch_run, registry):
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [3, 6, 7]
     for m in metrics:
-        assert METRIC_KEYS <= set(m)
+        assert set(m) >= METRIC_KEYS
         assert 0 <= m["val_accuracy"] <= 1 and 0 <= m["test_accuracy"] <= 1
         assert 0 <= m["mask_rate"] <= 1
         assert m["pseudo_label_accuracy"] is None or 0 <= m["pseudo_label_accuracy"] <= 1
         assert m["selector/threshold"] == 0.3
 
     result = json.loads((run_dir / "result.json").read_text())
-    assert RESULT_KEYS <= set(result)
+    assert set(result) >= RESULT_KEYS
     assert result["steps"] == 7 and result["wall_seconds"] > 0
     assert result["method"] == "fixmatch" and result["dataset"] == "trec" and result["seed"] == 0
     assert result["test_accuracy"] == metrics[-1]["test_accuracy"]
@@ -134,19 +132,6 @@ def test_finished_run_is_not_rerun_unless_forced(fixmatch_run, tmp_path):
     assert only_run_dir(out).name == original.name
 
 
-def test_unfinished_run_starts_from_a_clean_directory(registry, tmp_path):
-    cfg = resolve(parse_overrides(SUPERVISED[1:]), registry)
-    stale = tmp_path / "runs" / cfg.run_id
-    stale.mkdir(parents=True)
-    (stale / "metrics.jsonl").write_text('{"step": 999}\n')
-    (stale / "leftover.txt").write_text("from an interrupted run")
-    run_dir, result, ran = execute(cfg, registry, tmp_path / "runs", progress=False)
-    assert ran and run_dir == stale
-    assert not (stale / "leftover.txt").exists()
-    assert [m["step"] for m in read_jsonl(stale / "metrics.jsonl")] == [2, 4]
-    assert json.loads((stale / "result.json").read_text()) == json.loads(json.dumps(result))
-
-
 def test_a_damaged_result_is_an_error_naming_the_fix_and_force_reruns(fixmatch_run, tmp_path, registry):
     out, run_dir, _ = fixmatch_run
     copy = tmp_path / "runs"
@@ -157,20 +142,6 @@ def test_a_damaged_result_is_an_error_naming_the_fix_and_force_reruns(fixmatch_r
         execute(cfg, registry, copy, progress=False)
     _, result, ran = execute(cfg, registry, copy, force=True, progress=False)
     assert ran and json.loads((copy / run_dir.name / "result.json").read_text())["test_accuracy"] == result["test_accuracy"]
-
-
-def test_crashing_run_leaves_error_json_and_no_result(tmp_path):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "explode.py").write_text(EXPLODING_DISTANCE)
-    reg = load_plugins(plugins_dirs=[plugins])
-    cfg = resolve(parse_overrides([*FAST, "method=fixmatch", "distance=explode"]), reg)
-    with pytest.raises(RuntimeError, match="boom in the distance"):
-        execute(cfg, reg, tmp_path / "runs", progress=False)
-    run_dir = tmp_path / "runs" / cfg.run_id
-    assert not (run_dir / "result.json").exists()
-    error = json.loads((run_dir / "error.json").read_text())
-    assert error["error"] == "RuntimeError: boom in the distance" and "Traceback" in error["traceback"]
 
 
 # --------------------------------------------------------------------------- reproducibility

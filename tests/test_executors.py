@@ -1,6 +1,6 @@
-"""Executors are plugins (testbed_executors): the built-ins, a third-party one from a plugins
-directory, the local pool's worker processes and threads, a dead worker, and dask on a running
-scheduler (a LocalCluster bound to loopback)."""
+"""The executors (testbed_executors): built-ins, a third-party one, the local pool's workers, a dead worker, dask."""
+
+# dask runs on a running scheduler (a LocalCluster bound to loopback).
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def test_dask_executor_on_a_running_scheduler(tmp_path):
     out = tmp_path / "runs"
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
         result = CliRunner().invoke(main, ["grid", "method=fixmatch", *BASE, "train.threads=1", "distance.name=l1,kl",
-                                           "--executor", "dask", "--scheduler", cluster.scheduler_address,
+                                           "--executor", "dask", "-X", f"scheduler={cluster.scheduler_address}",
                                            "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "2 cells: 2 ran" in result.output
@@ -115,7 +115,7 @@ def test_dask_executor_on_a_running_scheduler(tmp_path):
 
 def test_unreachable_scheduler_is_one_error_line(tmp_path):
     result = CliRunner().invoke(main, ["grid", "method=fixmatch", *BASE, "distance.name=l1,kl", "--executor", "dask",
-                                       "--scheduler", "tcp://127.0.0.1:9", "-X", "timeout=1",
+                                       "-X", "scheduler=tcp://127.0.0.1:9", "-X", "timeout=1",
                                        "--out", str(tmp_path / "runs"), "--quiet"])
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]

@@ -17,10 +17,11 @@ from click.testing import CliRunner
 
 from conftest import FAST, TIME_FIELDS, read_jsonl
 from testbed import TextBatch, resources
+from testbed import store as store_module
 from testbed.cli import main
 from testbed.config import parse_overrides, resolve
 from testbed.errors import UserError
-from testbed.loop import prepare, train
+from testbed.loop import backbone_context, prepare, train
 from testbed.model import tokenize
 from testbed.runs import execute
 from testbed_plugins import frozen as frozen_plugin
@@ -98,7 +99,7 @@ def test_the_same_seed_gives_the_same_head_and_another_seed_another_encoder_entr
     heads, entries = [], []
     for seed in (0, 0, 1):
         torch.manual_seed(seed)  # as the loop does before building the backbone
-        model, _ = frozen_plugin.frozen(frozen_plugin.FrozenOptions(encoder="tiny"), 3)
+        model, _ = frozen_plugin.frozen(frozen_plugin.FrozenOptions(encoder="tiny"), backbone_context(registry, 3))
         heads.append(model.classifier.weight.detach().clone())
         entries.append(model.store.entry)
     assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
@@ -116,7 +117,7 @@ def test_a_texts_features_do_not_depend_on_its_batch(registry):
     stores, models = [], []
     for _ in range(2):  # two stores with the same weights and empty memories: each computes on its own
         torch.manual_seed(0)
-        model, tokenizer = frozen_plugin.frozen(frozen_plugin.FrozenOptions(encoder="tiny"), 3)
+        model, tokenizer = frozen_plugin.frozen(frozen_plugin.FrozenOptions(encoder="tiny"), backbone_context(registry, 3))
         stores.append(model.store)
         models.append(model)
     alone_tokens = tokenize(tokenizer, [short], 32)
@@ -191,13 +192,13 @@ def test_row_counts_that_change_an_encoders_rounding_do_not_change_features():
         assert torch.equal(encode_in_batches(encoder, ids, sizes, order), reference), sizes
 
 
-@pytest.mark.parametrize("encoder_name", ["tiny", "minilm"])
+@pytest.mark.parametrize("encoder_name", ["tiny", pytest.param("minilm", marks=pytest.mark.slow)])
 def test_real_encoders_give_the_same_features_however_texts_are_batched(registry, encoder_name):
     """Texts of 3 tokens, where oneDNN on an AVX-512 AMD EPYC rounds a call of 1 row differently
     from calls of 2 or more (both encoders), and longer texts, where a Xeon rounds 8 rows
     differently from 1 or 7 (MiniLM, issue 10); with 1 and with 2 torch threads."""
     torch.manual_seed(0)
-    model, _ = frozen_plugin.load_encoder(encoder_name, 2)
+    model, _ = backbone_context(registry, 2).load_backbone(encoder_name)
     encoder = model.base_model.eval()
     generator = torch.Generator().manual_seed(2)
     threads = torch.get_num_threads()
@@ -221,26 +222,35 @@ def test_fixed_rows_fills_a_short_batch_with_its_last_row():
             frozen_plugin.fixed_rows(bad, 4)
 
 
+def test_features_of_another_format_are_another_cache_entry(monkeypatch):
+    encoder = RowCountSensitiveEncoder()
+    now = frozen_plugin.FeatureStore(encoder, "mean", "test", root=None).entry
+    monkeypatch.setattr(frozen_plugin, "FORMAT", 1)
+    assert frozen_plugin.FeatureStore(encoder, "mean", "test", root=None).entry != now
+
+
 def test_cls_pooling_is_the_first_tokens_state(registry):
     torch.manual_seed(0)
-    model, tokenizer = frozen_plugin.frozen(frozen_plugin.FrozenOptions(encoder="tiny", pooling="cls"), 3)
+    model, tokenizer = frozen_plugin.frozen(frozen_plugin.FrozenOptions(encoder="tiny", pooling="cls"), backbone_context(registry, 3))
     tokens = tokenize(tokenizer, ["a short question ?"], 32)
     with torch.no_grad():
         hidden = model.store.encoder(input_ids=tokens["input_ids"]).last_hidden_state[0]
     assert torch.equal(model.store.features(tokens["input_ids"], tokens["attention_mask"])[0], hidden[0])
-    assert model.store.entry.startswith("cls-")
+    mean = frozen_plugin.FeatureStore(model.store.encoder, "mean", "tiny", root=None)
+    assert model.store.cache.meta["key"]["pooling"] == "cls" and mean.entry != model.store.entry  # an entry of its own
 
 
 # --------------------------------------------------------------------------- the cache
 
 
+@pytest.mark.slow
 def test_warm_cache_runs_read_features_and_match_the_cold_run(registry, tmp_path, cache_dir):
     cfg = config(registry, "method=fixmatch", "selector.threshold=0.3")
     cold_dir, _, _ = execute(cfg, registry, tmp_path / "cold", progress=False)
     (entry,) = (cache_dir / "features").iterdir()
     meta = json.loads((entry / "meta.json").read_text())
-    assert meta["encoder"] == "tiny" and meta["pooling"] == "mean" and meta["hidden"] == 128
-    assert entry.name == f"mean-v{frozen_plugin.FORMAT}-{meta['fingerprint'][:24]}"
+    assert meta["key"]["encoder"] == "tiny" and meta["key"]["pooling"] == "mean" and meta["key"]["format"] == frozen_plugin.FORMAT
+    assert meta["items"] == {"shape": [128], "dtype": "float32"} and entry.name.startswith("tiny-")
     computed = frozen_plugin.ENCODED[entry.name]
     on_disk = shards(cache_dir)
     assert computed > 0 and on_disk
@@ -278,27 +288,27 @@ def test_features_are_written_when_the_student_returns_from_an_evaluation(regist
     student, store = parts.student, parts.student.store
     tokens = tokenize(parts.tokenizer, parts.split.pool_texts[:5], 32)
     student(**tokens)  # training mode: computed, kept in memory, not yet on disk
-    assert len(store.pending) == 5 and not list(store.dir.glob("shard-*.npz"))
+    assert len(store.cache.pending) == 5 and not list(store.cache.dir.glob("shard-*.npz"))
     copy.deepcopy(student).eval().train()  # a teacher's copy changing modes writes nothing
-    assert len(store.pending) == 5
+    assert len(store.cache.pending) == 5
     student.eval()
     student.train()  # back from an evaluation
-    assert not store.pending and len(list(store.dir.glob("shard-*.npz"))) == 1
-    reread = frozen_plugin.FeatureStore(store.encoder, "mean", "tiny", store.dir.parent)
+    assert not store.cache.pending and len(list(store.cache.dir.glob("shard-*.npz"))) == 1
+    reread = frozen_plugin.FeatureStore(store.encoder, "mean", "tiny", store.cache.dir.parent)
     assert set(reread.table) == set(store.table)
     assert all(np.array_equal(reread.table[k], store.table[k]) for k in store.table)
 
 
 def test_many_shards_are_merged_on_reading(registry, monkeypatch):
     torch.manual_seed(0)
-    model, tokenizer = frozen_plugin.frozen(frozen_plugin.FrozenOptions(encoder="tiny"), 3)
-    store, texts = model.store, [f"question number {i} ?" for i in range(frozen_plugin.COMPACT_AT)]
+    model, tokenizer = frozen_plugin.frozen(frozen_plugin.FrozenOptions(encoder="tiny"), backbone_context(registry, 3))
+    store, texts = model.store, [f"question number {i} ?" for i in range(store_module.COMPACT_AT)]
     for text in texts:  # one shard per text
         store.features(**{k: v for k, v in tokenize(tokenizer, [text], 32).items() if k != "token_type_ids"})
         store.flush()
-    assert len(list(store.dir.glob("shard-*.npz"))) == frozen_plugin.COMPACT_AT
-    reread = frozen_plugin.FeatureStore(store.encoder, "mean", "tiny", store.dir.parent)
-    assert len(list(store.dir.glob("shard-*.npz"))) == 1 and len(reread.table) == len(texts)
+    assert len(list(store.cache.dir.glob("shard-*.npz"))) == store_module.COMPACT_AT
+    reread = frozen_plugin.FeatureStore(store.encoder, "mean", "tiny", store.cache.dir.parent)
+    assert len(list(store.cache.dir.glob("shard-*.npz"))) == 1 and len(reread.table) == len(texts)
     assert all(np.array_equal(reread.table[k], store.table[k]) for k in store.table)
 
 
@@ -307,25 +317,25 @@ def test_testbed_cache_lists_and_clears_feature_entries(registry, tmp_path, cach
     runner = CliRunner()
     listing = runner.invoke(main, ["cache"])
     assert listing.exit_code == 0, listing.output
-    assert "1 feature entry" in listing.output
+    assert "features: 1 entry" in listing.output
     line = next(line for line in listing.output.splitlines() if line.strip().startswith("tiny"))
     assert line.split()[1:3] == ["mean", "128"]
-    (entry,) = json.loads(runner.invoke(main, ["cache", "--json"]).output)["feature_entries"]
-    assert entry["encoder"] == "tiny" and entry["texts"] > 0 and entry["bytes"] > 0
+    (entry,) = json.loads(runner.invoke(main, ["cache", "--json"]).output)["entries"]
+    assert entry["kind"] == "features" and entry["encoder"] == "tiny" and entry["texts"] > 0 and entry["bytes"] > 0
 
-    assert "No cached views or features of 'minilm'. Cached: tiny (features)." in runner.invoke(main, ["cache", "clear", "minilm"]).output
+    assert "Nothing cached under 'minilm'. Cached: tiny (features)." in runner.invoke(main, ["cache", "clear", "minilm"]).output
     cleared = runner.invoke(main, ["cache", "clear", "tiny"])
-    assert cleared.exit_code == 0 and "Removed 1 feature entry" in cleared.output
-    assert not list((cache_dir / "features").iterdir())
+    assert cleared.exit_code == 0 and "features: removed 1 entry" in cleared.output
+    assert not (cache_dir / "features").exists()
     execute(config(registry, "method=supervised", "seed=1"), registry, tmp_path / "runs", progress=False)
-    assert "Removed 1 feature entry" in runner.invoke(main, ["cache", "clear", "--all"]).output
+    assert "features: removed 1 entry" in runner.invoke(main, ["cache", "clear", "--all"]).output
     assert not (cache_dir / "features").exists()
 
 
 def test_the_cache_is_never_inside_the_shared_data(registry, data_root, monkeypatch):
     monkeypatch.setenv(resources.CACHE_ENV, str(data_root / "cache"))
     with pytest.raises(UserError, match="inside the shared data directory"):
-        frozen_plugin.frozen(frozen_plugin.FrozenOptions(encoder="tiny"), 3)
+        frozen_plugin.frozen(frozen_plugin.FrozenOptions(encoder="tiny"), backbone_context(registry, 3))
 
 
 # --------------------------------------------------------------------------- teachers and selectors
@@ -338,7 +348,7 @@ def test_an_ema_teacher_averages_its_own_head_on_the_shared_encoder(registry):
     assert teacher.store is student.store
     assert [name for name, _ in teacher.named_parameters()] == ["classifier.weight", "classifier.bias"]
     before = teacher.classifier.weight.detach().clone()
-    result = train(cfg, parts, progress=False)
+    result = train(cfg, parts, progress=False).result
     assert not torch.equal(before, teacher.classifier.weight)  # the EMA moved ...
     assert not torch.equal(teacher.classifier.weight, student.classifier.weight)  # ... behind the student
     assert result["steps"] == 6 and result["mask_rate"] == 1.0  # Mean Teacher's `none` selector keeps everything
@@ -351,7 +361,7 @@ def test_mc_dropout_passes_differ_and_the_uncertainty_selector_runs(registry):
     batch = TextBatch(parts.split.pool_texts[:16], lambda texts: tokenize(parts.tokenizer, texts, 32))
     first, second = (parts.teacher.probs(batch, stochastic=True) for _ in range(2))
     assert not torch.equal(first, second)  # dropout in the head makes the passes differ
-    result = train(cfg, parts, progress=False)
+    result = train(cfg, parts, progress=False).result
     assert result["mask_rate"] == 1.0  # τ = 0, κ = 1: every pseudo-label selected, through K passes
 
 

@@ -197,7 +197,7 @@ def test_bad_grid_files_are_one_error_line_and_nothing_runs(tmp_path, name):
     (["distance.name=l1,"], "empty value"),
     (["distance.name=l1,l2", "--executor", "nope"], "Unknown executor 'nope'"),
     (["distance.name=l1,l2", "-X", "start_methd=spawn"], "Did you mean 'executor.start_method'"),
-    (["distance.name=l1,l2", "--scheduler", "tcp://127.0.0.1:1"], "Unknown config key 'executor.scheduler' (for executor 'local')"),
+    (["distance.name=l1,l2", "-X", "scheduler=tcp://127.0.0.1:1"], "Unknown config key 'executor.scheduler' (for executor 'local')"),
 ])
 def test_bad_command_lines_are_one_error_line(tmp_path, args, message):
     out = tmp_path / "runs"
@@ -211,6 +211,7 @@ def test_bad_command_lines_are_one_error_line(tmp_path, args, message):
 # --------------------------------------------------------------------------- running, resuming, failing
 
 
+@pytest.mark.slow
 def test_grid_runs_skips_finished_cells_and_forces(tmp_path, registry):
     out = tmp_path / "runs"
     args = ["method=fixmatch", "distance.name=l1,kl", *BASE]
@@ -237,6 +238,7 @@ def test_grid_runs_skips_finished_cells_and_forces(tmp_path, registry):
     assert all(p.stat().st_mtime_ns != stamps[k] for k, p in results_in(out).items())
 
 
+@pytest.mark.slow
 def test_identical_cells_dedupe_with_testbed_run(tmp_path):
     out = tmp_path / "runs"
     run = CliRunner().invoke(main, ["run", "method=fixmatch", "distance.name=kl", *BASE, "--out", str(out), "--quiet"])
@@ -245,6 +247,7 @@ def test_identical_cells_dedupe_with_testbed_run(tmp_path):
     assert "2 cells: 1 ran, 1 already done" in result.output
 
 
+@pytest.mark.slow
 def test_failed_cells_are_recorded_skipped_and_retried(tmp_path):
     """On the local process pool: the --plugins-dir reaches the workers, a failing cell leaves its
     error and traceback and the grid carries on; failed cells are rerun only with --retry-failed."""
@@ -292,6 +295,7 @@ def test_failed_cells_are_recorded_skipped_and_retried(tmp_path):
     assert {"distance.name", "dataset.labels_per_class"} <= set(frame.columns)
 
 
+@pytest.mark.slow
 def test_a_damaged_result_is_not_taken_for_done(tmp_path):
     out = tmp_path / "runs"
     args = ["grid", "method=supervised", *BASE, "seed=0,1", "--executor", "serial", "--out", str(out), "--quiet"]
@@ -307,6 +311,7 @@ def test_a_damaged_result_is_not_taken_for_done(tmp_path):
     assert json.loads((out / damaged / "result.json").read_text())["run_id"] == damaged
 
 
+@pytest.mark.slow
 def test_a_cell_locked_by_another_process_is_skipped_as_running_elsewhere(tmp_path, registry):
     out = tmp_path / "runs"
     args = ["method=fixmatch", "distance.name=l1,kl", *BASE]
@@ -377,7 +382,7 @@ def test_kill_9_midway_then_resume_completes_54_cells_once(tmp_path, registry):
     out = tmp_path / "runs"
     expected = {c.run_id for c in expand(load_grid(TINY_GRID), registry)}
     command = [TESTBED, "grid", str(TINY_GRID), "--workers", "2", "--out", str(out), "--quiet"]
-    log = open(tmp_path / "first.log", "w")
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115 - the killed grid writes to it until the end of the test
     first = subprocess.Popen(command, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while len(results_in(out)) < 6:

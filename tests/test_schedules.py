@@ -1,4 +1,4 @@
-"""λ(t) ramps and UDA's TSA thresholds against the papers' formulas, and both in real runs."""
+"""The schedules: constant, λ(t) ramps and UDA's TSA thresholds against the papers' formulas, and in real runs."""
 
 from __future__ import annotations
 
@@ -12,11 +12,24 @@ from testbed.config import parse_overrides, resolve
 from testbed.runs import execute
 
 T = 100
+CTX = RunContext(num_classes=3, pool_size=10, steps=5, seed=0)
 
 
 def make(registry, name, steps=T, num_classes=4, **options):
     record = registry.get("schedule", name)
     return record.factory(record.options(**options), RunContext(num_classes=num_classes, pool_size=10, steps=steps, seed=0))
+
+
+# --------------------------------------------------------------------------- constant
+
+
+def test_constant_schedule(registry):
+    record = registry.get("schedule", "constant")
+    weight = record.factory(record.options(weight=0.25), CTX)
+    assert [weight(step) for step in (1, 2, 100)] == [0.25, 0.25, 0.25]
+    assert record.factory(record.options(), CTX)(1) == 1.0
+    with pytest.raises(UserError, match="schedule.weight must be 0 or more"):
+        resolve(parse_overrides(["schedule.weight=-1"]), registry)
 
 
 # --------------------------------------------------------------------------- λ(t)
@@ -109,7 +122,7 @@ def test_tsa_thresholds_follow_uda(registry, name):
         expected = ALPHA[name](t / T) * (1 - 1 / K) + 1 / K
         assert eta(t) == pytest.approx(expected, rel=1e-12), (name, t)
     values = [eta(t) for t in range(1, T + 1)]
-    assert values == sorted(values) and 1 / K < values[0] and values[-1] <= 1.0
+    assert values == sorted(values) and values[0] > 1 / K and values[-1] <= 1.0
 
 
 def test_tsa_hand_values_for_four_classes(registry):

@@ -1,8 +1,4 @@
-"""The adaptive pseudo-label selectors against their papers' formulas, computed here by hand
-(plain Python over the same numbers, never the implementation's helpers): FlexMatch,
-FreeMatch, SoftMatch, Curriculum Labeling, UPS-style uncertainty and class-balanced top-k.
-Also: budget-aware defaults, the DESIGN lesson (a short run over a big pool), save/resume,
-option validation and a short real run of each."""
+"""The selectors: threshold and none, and the adaptive ones against their papers' formulas."""
 
 from __future__ import annotations
 
@@ -19,6 +15,10 @@ from testbed import RunContext, UserError
 from testbed.config import parse_overrides, resolve
 from testbed.runs import execute
 
+# The adaptive selectors (FlexMatch, FreeMatch, SoftMatch, Curriculum Labeling, UPS-style uncertainty
+# and class-balanced top-k) are checked against formulas computed here by hand (plain Python over the
+# same numbers, never the implementation's helpers). Also: budget-aware defaults, the DESIGN lesson
+# (a short run over a big pool), save/resume, option validation and a short real run of each.
 NEW = ["flexmatch", "freematch", "softmatch", "curriculum", "uncertainty", "topk"]
 
 
@@ -33,6 +33,52 @@ def batch(rows):
 
 def class_thresholds(stats, num_classes):
     return [stats[f"threshold/class_{c}"] for c in range(num_classes)]
+
+
+# --------------------------------------------------------------------------- threshold and none
+
+SMALL_CTX = RunContext(num_classes=3, pool_size=10, steps=5, seed=0)
+
+
+def selector(registry, name, **options):
+    record = registry.get("selector", name)
+    return record.factory(record.options(**options), SMALL_CTX)
+
+
+PROBS = torch.tensor([[0.75, 0.25, 0.0], [0.5, 0.25, 0.25], [0.125, 0.125, 0.75], [0.25, 0.7499, 0.0001]])
+
+
+def test_threshold_selector_weights_and_boundary(registry):
+    s = selector(registry, "threshold", threshold=0.75)
+    chosen = s.select(PROBS, torch.arange(4), step=1)
+    # exactly tau counts as confident; just below does not
+    assert torch.equal(chosen.weights, torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    assert chosen.weights.dtype.is_floating_point
+    assert s.stats() == {"threshold": 0.75}
+
+
+def test_threshold_selector_hard_targets_are_one_hot_of_argmax(registry):
+    chosen = selector(registry, "threshold", threshold=0.0).select(PROBS, torch.arange(4), step=1)
+    assert torch.equal(chosen.targets, torch.tensor([[1.0, 0, 0], [1, 0, 0], [0, 0, 1], [0, 1, 0]]))
+    assert torch.equal(chosen.weights, torch.ones(4))
+
+
+def test_threshold_selector_soft_targets_are_sharpened(registry):
+    probs = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    chosen = selector(registry, "threshold", threshold=0.7, soft=True, temperature=0.5).select(probs, torch.arange(2), 1)
+    squared = torch.tensor([[0.36, 0.09, 0.01], [0.04, 0.04, 0.36]])  # p^(1/T) with T = 0.5
+    assert torch.allclose(chosen.targets, squared / squared.sum(-1, keepdim=True), atol=1e-6)
+    # sharpened, the first row's top would pass 0.7 (0.78); the mask is on the raw probabilities
+    assert torch.equal(chosen.weights, torch.tensor([0.0, 0.0]))
+    plain = selector(registry, "threshold", threshold=0.5, soft=True).select(probs, torch.arange(2), 1)
+    assert torch.allclose(plain.targets, probs, atol=1e-6)  # T = 1: the teacher's probabilities
+    assert torch.equal(plain.weights, torch.tensor([1.0, 1.0]))
+
+
+def test_none_selector_keeps_everything(registry):
+    chosen = selector(registry, "none").select(PROBS, torch.arange(4), step=1)
+    assert torch.equal(chosen.weights, torch.ones(4))
+    assert torch.equal(chosen.targets, PROBS)
 
 
 # --------------------------------------------------------------------------- FlexMatch
@@ -323,7 +369,7 @@ def by_hand(measure):
 def test_uncertainty_selector_measures_by_hand(registry, measure, max_uncertainty):
     s = make(registry, "uncertainty", RunContext(num_classes=2, pool_size=8, steps=10, seed=0), passes=3,
              threshold=0.7, max_uncertainty=max_uncertainty, measure=measure)
-    assert s.teacher_passes == 3
+    assert s.options.passes == 3
     chosen = s.select(UNC_PROBS, torch.arange(3), 1)
     expected = by_hand(measure)
     assert chosen.weights.tolist() == [float(conf >= 0.7 and u <= max_uncertainty) for conf, _, u in expected]
@@ -341,7 +387,7 @@ def test_uncertainty_selector_measures_by_hand(registry, measure, max_uncertaint
 
 def test_uncertainty_selector_needs_several_passes(registry):
     s = make(registry, "uncertainty", RunContext(num_classes=2, pool_size=8, steps=10, seed=0))
-    assert s.teacher_passes == 10
+    assert s.options.passes == 10
     with pytest.raises(ValueError, match="K, B, C"):
         s.select(UNC_PROBS[0], torch.arange(3), 1)
 
@@ -399,7 +445,8 @@ def random_steps(selector, ctx, steps, seed):
     g = torch.Generator().manual_seed(seed)
     out = []
     for step in steps:
-        shape = (selector.teacher_passes, 6, ctx.num_classes) if selector.teacher_passes > 1 else (6, ctx.num_classes)
+        passes = getattr(getattr(selector, "options", None), "passes", 1)  # MC-dropout selectors select from [K, B, C]
+        shape = (passes, 6, ctx.num_classes) if passes > 1 else (6, ctx.num_classes)
         probs = (torch.randn(shape, generator=g) * 2).softmax(-1)
         indices = torch.randint(0, ctx.pool_size, (6,), generator=g)
         out.append(selector.select(probs, indices, step))

@@ -1,5 +1,4 @@
-"""Teachers: EMA (Mean Teacher), snapshot (self-training), model (distillation) and cotrain, on
-tiny torch models against their formulas, then each in a real run."""
+"""The teachers (self, EMA, snapshot, model, cotrain) on tiny torch models against their formulas, and in real runs."""
 
 from __future__ import annotations
 
@@ -11,9 +10,9 @@ import pytest
 import torch
 
 from conftest import FAST, read_jsonl
-from testbed import RunContext, TextBatch, Texts, UserError
+from testbed import BackboneContext, RunContext, TeacherContext, TextBatch, Texts, Training, UserError
 from testbed.config import parse_overrides, resolve
-from testbed.loop import backbone_loader
+from testbed.loop import backbone_context
 from testbed.runs import execute
 
 
@@ -25,9 +24,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+class RecordingTraining(Training):
+    """What the loop gives ``update``, counting the restarts a teacher asks for."""
+
+    def __init__(self):
+        self.restarts = 0
+
+    def restart(self):
+        self.restarts += 1
+
+
 def teacher(registry, name, student, ctx=None, **options):
     record = registry.get("teacher", name)
-    return record.factory(record.options(**options), ctx or RunContext(num_classes=3, pool_size=10, steps=10, seed=0), student)
+    ctx = ctx or RunContext(num_classes=3, pool_size=10, steps=10, seed=0)
+    return record.factory(record.options(**options), TeacherContext(**vars(ctx), student=student))
 
 
 class Net(torch.nn.Module):
@@ -62,6 +72,42 @@ def batch_of(inputs: dict, texts=None) -> TextBatch:
     return TextBatch(texts, lambda _: inputs)
 
 
+# --------------------------------------------------------------------------- self
+
+CTX = RunContext(num_classes=3, pool_size=10, steps=5, seed=0)
+
+
+class DropoutModel(torch.nn.Module):
+    """A Hugging Face-style classifier: model(**inputs).logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+        self.dropout = torch.nn.Dropout(0.5)
+
+    def forward(self, x):
+        return SimpleNamespace(logits=self.linear(self.dropout(x)))
+
+
+@pytest.mark.parametrize("dropout", [True, False])
+def test_self_teacher(registry, dropout):
+    torch.manual_seed(0)
+    student = DropoutModel().train()
+    record = registry.get("teacher", "self")
+    teacher = record.factory(record.options(dropout=dropout), TeacherContext(**vars(CTX), student=student))
+    inputs = {"x": torch.ones(64, 4)}
+    batch = TextBatch(["unused"] * 64, lambda texts: inputs)
+    first, second = teacher.probs(batch), teacher.probs(batch)
+    assert not first.requires_grad
+    assert torch.allclose(first.sum(-1), torch.ones(64))
+    assert student.training  # left in train mode either way
+    if dropout:  # predicts in train mode: dropout makes the rows differ
+        assert not torch.equal(first, second)
+    else:
+        assert torch.equal(first, second)
+        assert torch.allclose(first, student.eval()(**inputs).logits.softmax(-1))
+
+
 # --------------------------------------------------------------------------- ema
 
 
@@ -76,7 +122,9 @@ def test_ema_teacher_is_the_ramped_exponential_average(registry):
         set_weights(student, value=float(step * step))
         alpha = min(0.8, 1 - 1 / (step + 1))
         expected = alpha * expected + (1 - alpha) * flat(student).double()
-        assert ema.update(student, step) is False
+        training = RecordingTraining()
+        ema.update(student, step, training)
+        assert training.restarts == 0
         assert torch.allclose(flat(ema.model).double(), expected, rtol=1e-5), step
         for mine, theirs in zip(ema.model.buffers(), student.buffers()):  # copied, not averaged
             assert torch.equal(mine, theirs)
@@ -89,9 +137,9 @@ def test_ema_ramp_makes_the_first_updates_a_plain_mean(registry):
     ema = teacher(registry, "ema", student, decay=0.999)
     set_weights(ema.model, 0.0)
     set_weights(student, 3.0)
-    ema.update(student, 1)  # α_1 = 1/2
+    ema.update(student, 1, RecordingTraining())  # α_1 = 1/2
     set_weights(student, 6.0)
-    ema.update(student, 2)  # α_2 = 2/3: (0 + 3 + 6) / 3, the mean of the three
+    ema.update(student, 2, RecordingTraining())  # α_2 = 2/3: (0 + 3 + 6) / 3, the mean of the three
     mean = Net()
     set_weights(mean, 3.0)  # set_weights is affine in its value, so this is the mean
     assert torch.allclose(flat(ema.model), flat(mean), atol=1e-5)
@@ -108,7 +156,7 @@ def test_ema_default_decay_is_budget_aware(registry, steps, decay):
             p.zero_()
         for p in student.parameters():
             p.fill_(1.0)
-    ema.update(student, 10 * steps)
+    ema.update(student, 10 * steps, RecordingTraining())
     assert torch.allclose(flat(ema.model), torch.full_like(flat(ema.model), 1 - decay), atol=1e-6)
 
 
@@ -153,7 +201,9 @@ def test_snapshot_refreshes_exactly_at_round_boundaries(registry, steps, rounds,
     held = initial  # the first round's teacher is the untrained student
     for step in range(1, steps + 1):
         set_weights(student, float(step))
-        assert snap.update(student, step) is False  # without reinit the student is never replaced
+        training = RecordingTraining()
+        snap.update(student, step, training)
+        assert training.restarts == 0  # without reinit the student is never replaced
         if step in refreshes:
             held = flat(student).clone()
             for mine, theirs in zip(snap.model.buffers(), student.buffers()):
@@ -172,7 +222,9 @@ def test_snapshot_reinit_restores_the_initial_student_and_says_so(registry):
     for step in range(1, 11):
         set_weights(student, float(step))
         trained = flat(student).clone()
-        replaced = snap.update(student, step)
+        training = RecordingTraining()
+        snap.update(student, step, training)
+        replaced = training.restarts == 1  # the optimizer's moments belonged to the old weights
         assert replaced == (step in (3, 6, 9)), step
         if replaced:
             assert torch.equal(flat(snap.model), trained)  # the teacher got the trained weights...
@@ -191,7 +243,7 @@ def test_snapshot_rounds_are_validated(registry):
 # --------------------------------------------------------------------------- model (distillation)
 
 KEYWORDS = ["apple", "river", "engine", "violin"]
-FILLER = "the a of some many few old new big small red blue".split()
+FILLER = ["the", "a", "of", "some", "many", "few", "old", "new", "big", "small", "red", "blue"]
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +265,7 @@ def no_student_tokens(texts):
 
 
 def test_model_teacher_fine_tunes_on_the_labeled_set(registry, labeled):
-    ctx = RunContext(num_classes=4, pool_size=0, steps=10, seed=0, labeled=labeled, load_backbone=backbone_loader(registry, 4))
+    ctx = RunContext(num_classes=4, pool_size=0, steps=10, seed=0, labeled=labeled, load_backbone=backbone_context(registry, 4).load_backbone)
     rng_before = torch.random.get_rng_state()
     options = dict(backbone="tiny", steps=30, lr=1e-3, batch_size=8, max_length=32)
     trained = teacher(registry, "model", None, ctx, **options)
@@ -235,7 +287,7 @@ def test_model_teacher_needs_a_backbone_loader_and_labeled_data(registry, labele
         teacher(registry, "model", None, RunContext(num_classes=4, pool_size=0, steps=10, seed=0, labeled=labeled))
     with pytest.raises(UserError, match="trains on the labeled set"):
         teacher(registry, "model", None, RunContext(num_classes=4, pool_size=0, steps=10, seed=0,
-                                                    load_backbone=backbone_loader(registry, 4)))
+                                                    load_backbone=backbone_context(registry, 4).load_backbone))
     with pytest.raises(UserError, match="teacher.steps must be 0 or more"):
         resolve(parse_overrides(["teacher.name=model", "teacher.steps=-1"]), registry)
 
@@ -247,7 +299,7 @@ def test_reinit_head_changes_only_the_head_of_a_hugging_face_model(registry):
     from testbed_plugins.teachers import reinit_head
 
     tiny = registry.get("backbone", "tiny")
-    model, _ = tiny.factory(tiny.options(layers=1, hidden=32, heads=2, intermediate=64), 3)
+    model, _ = tiny.factory(tiny.options(layers=1, hidden=32, heads=2, intermediate=64), BackboneContext(3, None))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     torch.manual_seed(123)
     reinit_head(model)
@@ -298,7 +350,9 @@ def test_cotrain_peer_learns_the_students_confident_pseudo_labels(registry, cotr
     for step in range(1, 61):
         probs = co.probs(TextBatch(unlabeled, features))
         assert probs.shape == (8, 3) and not probs.requires_grad
-        assert co.update(student, step) is False
+        training = RecordingTraining()
+        co.update(student, step, training)
+        assert training.restarts == 0
         assert co.pseudo_labels == selected
     assert torch.equal(flat(student), student_weights) and student.training  # the student is only read
     assert not co.peer.training
@@ -314,7 +368,7 @@ def test_cotrain_without_a_remembered_batch_trains_on_labeled_data_only(registry
     student, ctx, unlabeled = cotrain_setup
     co = teacher(registry, "cotrain", student, ctx, lr=0.1, batch_size=4)
     for step in range(1, 31):
-        co.update(student, step)  # λ = 0 steps: probs was never called
+        co.update(student, step, RecordingTraining())  # λ = 0 steps: probs was never called
     assert co.pseudo_labels == 0
     assert co.probs(TextBatch(["l0"], features)).argmax(-1).item() == 0
 
@@ -322,12 +376,12 @@ def test_cotrain_without_a_remembered_batch_trains_on_labeled_data_only(registry
 def test_cotrain_with_its_own_backbone_uses_its_own_tokenizer(registry, labeled):
     torch.manual_seed(0)
     tiny = registry.get("backbone", "tiny")
-    student, tokenizer = tiny.factory(tiny.options(layers=1, hidden=32, heads=2, intermediate=64), 4)
+    student, tokenizer = tiny.factory(tiny.options(layers=1, hidden=32, heads=2, intermediate=64), BackboneContext(4, None))
     names = []
 
     def load(name):
         names.append(name)
-        return tiny.factory(tiny.options(layers=1, hidden=32, heads=2, intermediate=64), 4)
+        return tiny.factory(tiny.options(layers=1, hidden=32, heads=2, intermediate=64), BackboneContext(4, None))
 
     calls = []
 
@@ -343,7 +397,7 @@ def test_cotrain_with_its_own_backbone_uses_its_own_tokenizer(registry, labeled)
     batch = TextBatch(labeled.texts[:5], student_tokens)
     assert co.probs(batch).shape == (5, 4)
     assert calls == []  # the peer read the texts with its own tokenizer
-    co.update(student, 1)
+    co.update(student, 1, RecordingTraining())
     assert calls == [5]  # the student's tokens, for the student's pseudo-labels
     assert co.pseudo_labels == 5 and not torch.equal(flat(co.peer), before)
 

@@ -4,6 +4,7 @@ numbers with the cache cold or warm; the diversity/fidelity summary."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import warnings
@@ -14,10 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import FAST, TIME_FIELDS, read_jsonl
-from testbed import resources, views
+from testbed import Augmenter, resources, store, views
 from testbed.cli import main
 from testbed.config import parse_overrides, resolve
 from testbed.errors import UserError
+from testbed.loop import backbone_context
 from testbed.plugins import load_plugins
 from testbed.runs import execute
 
@@ -31,7 +33,7 @@ class SpyOptions:
     log: str = ""
     tag: str = "v"
 
-def spy(options):
+def spy(options, context):
     def augment(texts, seeds):
         with open(options.log, "a") as handle:
             handle.write(f"{len(texts)}\\n")
@@ -57,6 +59,10 @@ def spy(tmp_path):
     (directory / "spy.py").write_text(SPY_PLUGIN, encoding="utf-8")
     log = tmp_path / "spy.log"
     return load_plugins(plugins_dirs=[directory]), log
+
+
+def view_entries() -> list[dict]:
+    return [e for e in store.list_entries() if e["kind"] == "views"]
 
 
 def computed(log: Path) -> int:
@@ -151,7 +157,7 @@ def test_views_are_computed_once_and_runs_match_cold_and_warm(spy, tmp_path, cac
                                       f"augmentation.strong.log={log}", "train.steps=9"]), registry)
     run(longer, registry, tmp_path / "longer")
     assert computed(log) == first + 3 * 8
-    (entry,) = views.cache_entries()
+    (entry,) = view_entries()
     assert entry["augmentation"] == "spy" and entry["role"] == "strong" and entry["texts"] == 72 and entry["seed"] == 0
     assert not any("identity" in p.name for p in (cache_dir / "views").iterdir())  # identity never touches the cache
 
@@ -160,7 +166,7 @@ def test_a_changed_option_is_a_new_entry(registry, tmp_path):
     for k, p in enumerate((0.1, 0.2, 0.1)):
         cfg = resolve(parse_overrides([*FAST, "method=fixmatch", f"augmentation.strong.p_delete={p}"]), registry)
         run(cfg, registry, tmp_path / f"runs-{k}")
-    entries = views.cache_entries()
+    entries = view_entries()
     assert sorted(e["options"]["p_delete"] for e in entries) == [0.1, 0.2]
     assert all(e["augmentation"] == "drop_swap" and e["texts"] > 0 for e in entries)
 
@@ -186,7 +192,7 @@ def test_unchanged_views_are_recorded_per_evaluation(registry, tmp_path):
 def fill(root: str, start, barrier, rounds: int) -> None:
     """A worker: computes the views of 40 texts in chunks, writing a shard after each, while the
     other worker does the same and readers merge shards."""
-    views.COMPACT_AT = 3  # merge often, to race merging against writing
+    store.COMPACT_AT = 3  # merge often, to race merging against writing
     pool = [f"text number {i}" for i in range(40)]
     barrier.wait()
     for r in range(rounds):
@@ -216,24 +222,37 @@ def test_two_processes_filling_one_entry_leave_a_valid_entry(tmp_path):
     assert {k: drawn[k] for k in drawn} == {k: expected[k] for k in drawn}  # nothing corrupt or mixed up
     assert len(drawn) == len({(i % 40, r % 2) for start in (0, 2) for r in range(10) for i in range(start + r * 4, start + r * 4 + 4)})
     (entry,) = root.iterdir()
-    assert not [p for p in entry.iterdir() if p.name.startswith(".tmp")]  # no half-written files
+    assert not [p for p in entry.iterdir() if p.name.endswith(".tmp")]  # no half-written files
 
 
-def test_an_unreadable_shard_is_skipped_with_a_warning(tmp_path):
-    entry = views.Entry(tmp_path, {"name": "x"}, "", 0, "strong")
-    entry.write([((1, 0), "one"), ((2, 0), "two")])
-    (entry.dir / "shard-broken.npz").write_bytes(b"not a zip file")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert entry.load() == {(1, 0): "one", (2, 0): "two"}
-    assert any("shard-broken.npz" in str(w.message) for w in caught)
+def test_a_passthrough_augmenter_never_touches_the_cache(tmp_path):
+    """Not its name: the augmenter's ``passthrough`` declaration (identity's) skips cache, digests and statistics."""
+    augment = Augmenter(lambda texts, seeds: pytest.fail("a passthrough augmenter is never called"), passthrough=True)
+    stream = views.ViewStream(augment, {"name": "mine"}, "", "strong", ["a", "b"], 0, 2, tmp_path / "views")
+    assert stream.draw(np.array([1, 0]), np.array([0, 1])) == ["b", "a"]
+    stream.flush()
+    assert stream.entry is None and stream.digests is None and stream.take_unchanged() is None
+    assert not (tmp_path / "views").exists()
 
 
-def test_texts_round_trip_through_a_shard(tmp_path):
-    texts = ["", "plain", "émoji 🙂 中文 العربية", "line\nbreak\ttab", "lone \ud800 surrogate", "x" * 10000]
-    entry = views.Entry(tmp_path, {"name": "x"}, "", 0, "weak")
-    entry.write([((i, 3), t) for i, t in enumerate(texts)])
-    assert entry.load() == {(i, 3): t for i, t in enumerate(texts)}
+def test_view_entries_written_before_the_store_are_read_back(tmp_path):
+    """Same directory name (sha256 of the old meta.json) and shard layout: a cache filled by an older
+    testbed keeps its views; its meta.json is brought up to date on the next write."""
+    spec, digests = {"name": "upper"}, views.text_digests(["one", "two"])
+    old_meta = {"format": views.FORMAT, "augmentation": "upper", "spec": spec, "fingerprint": "", "seed": 0, "role": "strong"}
+    blob = json.dumps(old_meta, sort_keys=True, separators=(",", ":"))
+    directory = tmp_path / "views" / f"upper-{hashlib.sha256(blob.encode()).hexdigest()[:20]}"
+    directory.mkdir(parents=True)
+    (directory / "meta.json").write_text(json.dumps(old_meta, indent=2, sort_keys=True))
+    np.savez(directory / "shard-0123456789abcdef.npz", digest=digests, variant=np.array([0, 1], dtype=np.uint32),
+             offsets=np.array([0, 3, 6]), blob=np.frombuffer(b"ONETWO", dtype=np.uint8))
+    stream = views.ViewStream(lambda texts, seeds: pytest.fail("everything should be cached"), spec, "", "strong",
+                              ["two", "one"], 0, 2, tmp_path / "views")
+    assert stream.entry.dir == directory and stream.draw(np.array([1, 0]), np.array([0, 1])) == ["ONE", "TWO"]
+    stream.entry.add({(7, 0): "seven"})
+    stream.flush()
+    (entry,) = store.list_entries(tmp_path)
+    assert entry["augmentation"] == "upper" and entry["texts"] == 3 and entry["variants"] == 2
 
 
 def test_the_cache_is_never_inside_the_shared_data(monkeypatch, data_root):
@@ -249,21 +268,23 @@ def test_testbed_cache_lists_and_clears(registry, tmp_path, cache_dir):
     runner = CliRunner()
     listing = runner.invoke(main, ["cache"])
     assert listing.exit_code == 0, listing.output
-    assert f"cache directory: {cache_dir}" in listing.output and "2 view entries" in listing.output
+    assert f"cache directory: {cache_dir}" in listing.output and "views: 2 entries" in listing.output
     line = next(line for line in listing.output.splitlines() if line.strip().startswith("drop_swap"))
     assert line.split()[1:4] == ["strong", "0", "1"] and '"p_delete": 0.1' in line
     as_json = json.loads(runner.invoke(main, ["cache", "--json"]).output)
-    assert {e["augmentation"] for e in as_json["entries"]} == {"drop_swap", "word_swap"} and as_json["views_bytes"] > 0
-    assert all(e["texts"] == 48 and e["variants"] == 1 for e in as_json["entries"])  # 6 steps x 8, each drawn once
+    assert as_json["cache_dir"] == str(cache_dir) and as_json["kinds"]["views"]["bytes"] > 0
+    assert {e["augmentation"] for e in as_json["entries"]} == {"drop_swap", "word_swap"}
+    assert all(e["kind"] == "views" and e["texts"] == 48 and e["variants"] == 1 for e in as_json["entries"])  # 6 x 8 drawn once
 
     refused = runner.invoke(main, ["cache", "clear"])
     assert refused.exit_code == 1 and "--all" in refused.output
     cleared = runner.invoke(main, ["cache", "clear", "drop_swap"])
-    assert cleared.exit_code == 0 and "Removed 1 view entry" in cleared.output
-    assert [e["augmentation"] for e in views.cache_entries()] == ["word_swap"]
-    assert "No cached views of 'eda'. Cached: word_swap." in runner.invoke(main, ["cache", "clear", "eda"]).output
-    assert "Removed 1 view entry" in runner.invoke(main, ["cache", "clear", "--all"]).output
-    assert views.cache_entries() == [] and "0 view entries" in runner.invoke(main, ["cache"]).output
+    assert cleared.exit_code == 0 and "views: removed 1 entry" in cleared.output
+    assert [e["augmentation"] for e in view_entries()] == ["word_swap"]
+    assert "Nothing cached under 'eda'. Cached: word_swap (views)." in runner.invoke(main, ["cache", "clear", "eda"]).output
+    assert "views: removed 1 entry" in runner.invoke(main, ["cache", "clear", "--all"]).output
+    assert view_entries() == [] and "nothing cached" in runner.invoke(main, ["cache"]).output
+    assert not (cache_dir / "views").exists()
 
 
 # --------------------------------------------------------------------------- diversity and fidelity
@@ -294,8 +315,10 @@ def test_word_edit_stats_match_the_textbook_dynamic_programme():
 def test_summarize_augmentation(registry, data_root):
     from testbed_plugins.backbones import tiny
 
-    texts = [json.loads(line)["text"] for _, line in zip(range(60), open(data_root / "ag_news" / "train.jsonl", encoding="utf-8"))]
-    model, tokenizer = tiny(registry.get("backbone", "tiny").options(layers=1, hidden=32, heads=2, intermediate=64), 4)
+    with open(data_root / "ag_news" / "train.jsonl", encoding="utf-8") as lines:
+        texts = [json.loads(line)["text"] for _, line in zip(range(60), lines)]
+    options = registry.get("backbone", "tiny").options(layers=1, hidden=32, heads=2, intermediate=64)
+    model, tokenizer = tiny(options, backbone_context(registry, 4))
     same = views.summarize_augmentation("identity", texts, registry=registry, model=model, tokenizer=tokenizer, max_length=32)
     assert same["unchanged"] == 1.0 and same["tokens_changed"] == 0.0 and same["edit_distance"] == 0.0
     assert same["agreement"] == 1.0 and same["length_ratio"] == 1.0

@@ -1,0 +1,430 @@
+"""The built-in sections of ``testbed report``: runs left out, leaderboard, paired comparisons,
+ranks across datasets, ablation effects, training dynamics, calibration, cost and provenance.
+
+A plugin like any other: ``testbed_report_sections(results, context)`` returns ReportSection
+records built from the runs table and the ReportContext (every run's metrics and predictions,
+already read; groups, cells best first, baseline cells, colors, the paired comparisons), with the
+statistics and plot helpers that ``testbed`` exports. The ``order`` of each section places it;
+a plugin's own section with order 15 lands between the leaderboard and the comparisons.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from testbed import (
+    ALPHA,
+    PAIRED_RULE,
+    ReportDetails,
+    ReportFigure,
+    ReportSection,
+    __version__,
+    calibration,
+    cd_diagram,
+    format_ci,
+    format_effect,
+    format_mean_std,
+    format_number,
+    format_p,
+    format_value,
+    friedman,
+    git_commit,
+    heatmap,
+    hookimpl,
+    line_plot,
+    per_class_f1,
+    reliability_plot,
+    summarize,
+    threshold_plot,
+)
+
+CHECKPOINTS = {"last": ("test_accuracy", "test_macro_f1"), "best on validation": ("test_accuracy_best_val", "test_macro_f1_best_val")}
+MAX_FIGURE_CELLS = 10  # lines per plot; more cells are plotted as the best ones on the leaderboard
+
+
+def _hashable(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _short(key: str) -> str:
+    return key[: -len(".name")] if key.endswith(".name") else key
+
+
+def _runs(results, group: str):
+    return results[(results.status == "done") & (results.group == group)]
+
+
+# --------------------------------------------------------------------------- not included
+
+
+def runs_section(results, context) -> ReportSection:
+    import pandas as pd
+
+    blocks: list = []
+    bad = results[results.status != "done"]
+    if len(bad):
+        table = bad[["runs_dir", "run_id", "status", "group", "cell", "seed" if "seed" in bad else "run_id", "error"]].copy()
+        table["error"] = table["error"].map(lambda e: "–" if e is None or (isinstance(e, float) and math.isnan(e)) else str(e)[:300])
+        blocks += [f"{len(bad)} of {len(results)} runs are not finished and are left out of every statistic below:",
+                   table.rename(columns={"runs_dir": "runs directory", "run_id": "run"})]
+    else:
+        blocks.append(f"All {len(results)} runs finished.")
+    if context.duplicates:
+        blocks += [f"{len(context.duplicates)} runs appear in more than one runs directory; each is counted once:",
+                   pd.DataFrame(list(context.duplicates))]
+    gaps = []
+    for group in context.groups:
+        runs = _runs(results, group)
+        seeds = sorted(set(runs["seed"].tolist())) if "seed" in runs else []
+        for cell in context.cells[group]:
+            have = set(runs[runs.cell == cell]["seed"].tolist())
+            lacking = [s for s in seeds if s not in have]
+            if lacking:
+                gaps.append({"group": group, "cell": cell, "finished seeds": ", ".join(map(str, sorted(have))),
+                             "missing seeds": ", ".join(map(str, lacking))})
+    if gaps:
+        blocks += ["Cells without a finished run for every seed of their group (paired comparisons use the common seeds):",
+                   pd.DataFrame(gaps)]
+    return ReportSection(name="runs", title="Runs", blocks=tuple(blocks), order=5)
+
+
+# --------------------------------------------------------------------------- leaderboard
+
+
+def leaderboard_section(results, context) -> ReportSection:
+    import pandas as pd
+
+    blocks: list = ["Test accuracy over seeds: mean ± standard deviation and the 95% confidence interval of the mean "
+                    "(t-interval, shown clipped to [0, 1]). *Last* is the checkpoint at the end of training; *best on validation* is the "
+                    "evaluation with the highest validation accuracy. Error rate = 1 − accuracy (last)."]
+    for group in context.groups:
+        runs = _runs(results, group)
+        rows = []
+        for cell in context.cells[group]:
+            sub = runs[runs.cell == cell]
+            last, best = summarize(sub.test_accuracy.tolist()), summarize(sub.test_accuracy_best_val.tolist())
+            rows.append({"cell": cell, "seeds": last.n, "accuracy, last": format_mean_std(last), "95% CI, last": format_ci(last),
+                         "error rate, last": format_number(1 - last.mean),
+                         "macro-F1, last": format_mean_std(summarize(sub.test_macro_f1.tolist())),
+                         "accuracy, best on val": format_mean_std(best), "95% CI, best on val": format_ci(best),
+                         "macro-F1, best on val": format_mean_std(summarize(sub.test_macro_f1_best_val.tolist()))})
+        blocks += [f"**{group}**", pd.DataFrame(rows)]
+    return ReportSection(name="leaderboard", title="Leaderboard", blocks=tuple(blocks), order=10)
+
+
+# --------------------------------------------------------------------------- paired comparisons
+
+
+def comparisons_section(results, context) -> ReportSection:
+    import pandas as pd
+
+    blocks: list = [f"Each cell against the baseline **{context.baseline}**, on test accuracy. {PAIRED_RULE}"]
+    missing = [g for g in context.groups if g not in context.baseline_cells]
+    if missing:
+        blocks.append(f"No baseline runs (`method = {context.baseline}`, or a cell of that name) in: {'; '.join(missing)}. "
+                      "Choose another with `--baseline`.")
+    for group in context.groups:
+        for checkpoint in CHECKPOINTS:
+            family = [r for r in context.comparisons if r["group"] == group and r["checkpoint"] == checkpoint]
+            if not family:
+                continue
+            table = pd.DataFrame([{
+                "cell": r["cell"], "pairs": r["pairs"], "difference (points)": format_number(100 * r["mean_diff"], "+.2f"),
+                "95% CI (points)": "needs ≥ 2 pairs" if r["ci95_low"] is None else
+                f"[{100 * r['ci95_low']:+.2f}, {100 * r['ci95_high']:+.2f}]",
+                "test": r["test"], "p": format_p(r["p"]), "p (Holm)": format_p(r["p_holm"]),
+                "effect d_z": format_effect(r["effect_dz"]), "verdict": r["verdict"]} for r in family])
+            blocks += [f"**{group}**, {checkpoint} checkpoint, vs {family[0]['baseline']}", table]
+    return ReportSection(name="comparisons", title="Paired comparisons", blocks=tuple(blocks), order=20)
+
+
+# --------------------------------------------------------------------------- across datasets
+
+
+def across_section(results, context) -> ReportSection:
+    import pandas as pd
+
+    done = results[results.status == "done"]
+    section = lambda *blocks: ReportSection(name="across", title="Across datasets", blocks=blocks, order=30)  # noqa: E731
+    if len(context.groups) >= 2:
+        kind = "datasets and label budgets"
+        table = done.groupby(["group", "cell"])["test_accuracy"].mean().unstack("cell")
+    elif context.groups:
+        kind = "seeds (one dataset and budget here: this ranks the cells within it, not across datasets)"
+        table = _runs(results, context.groups[0]).pivot_table(index="seed", columns="cell", values="test_accuracy", aggfunc="mean")
+    else:
+        return section("No finished runs.")
+    complete = table.dropna(axis=1, how="any")
+    dropped = sorted(set(table.columns) - set(complete.columns))
+    if complete.shape[1] < 2 or complete.shape[0] < 1:
+        return section("Ranking needs at least 2 cells with results in every block.")
+    ranking = friedman(complete[sorted(complete.columns)])
+    order = np.argsort(ranking.average_ranks, kind="stable")
+    blocks: list = [f"Blocks: {ranking.blocks} {kind}; in each block the cells are ranked by mean test accuracy (last "
+                    "checkpoint; 1 = best, ties share the average rank)."]
+    if dropped:
+        blocks.append(f"Left out (no result in every block): {'; '.join(dropped)}.")
+    blocks.append(pd.DataFrame([{"cell": ranking.names[i], "average rank": f"{ranking.average_ranks[i]:.2f}"} for i in order]))
+    if ranking.statistic is None:
+        blocks.append("Friedman test: needs ≥ 3 cells and ≥ 2 blocks.")
+    else:
+        blocks.append(f"Friedman test: χ² = {ranking.statistic:.3f}, p = {format_p(ranking.p)} "
+                      f"({'the cells differ' if ranking.p < ALPHA else 'no detectable difference among the cells'} at α = {ALPHA}).")
+    if ranking.cd is not None:
+        blocks.append(f"Nemenyi critical difference (α = {ALPHA}, {len(ranking.names)} cells, {ranking.blocks} blocks): "
+                      f"CD = {ranking.cd:.3f}; cells whose average ranks differ by less than CD are joined by a bar.")
+        blocks.append(ReportFigure(name="critical-difference", figure=cd_diagram(ranking), caption="Critical-difference diagram"))
+    return section(*blocks)
+
+
+# --------------------------------------------------------------------------- ablation effects
+
+
+def ablation_section(results, context) -> ReportSection:
+    import pandas as pd
+
+    blocks: list = ["Marginal mean test accuracy (last checkpoint) of each value of each varied axis, pooled over the "
+                    "other axes and the seeds; the CI is the t-interval over those runs."]
+    any_axis = False
+    for gi, group in enumerate(context.groups):
+        runs = _runs(results, group)
+        axes = [k for k in context.cell_keys if k in runs and len({_hashable(v) for v in runs[k]}) > 1]
+        if not axes:
+            continue
+        any_axis = True
+        blocks.append(f"**{group}**")
+        for axis in axes:
+            rows = []
+            for _, sub in sorted(runs.groupby(runs[axis].map(_hashable)), key=lambda kv: kv[0]):
+                s = summarize(sub.test_accuracy.tolist())
+                rows.append({_short(axis): format_value(sub[axis].iloc[0]), "runs": s.n, "mean accuracy": format_number(s.mean),
+                             "95% CI": format_ci(s)})
+            blocks.append(pd.DataFrame(rows))
+        for ai, (a, b) in enumerate([(a, b) for i, a in enumerate(axes) for b in axes[i + 1:]][:6]):
+            pivot = runs.assign(_a=runs[a].map(format_value), _b=runs[b].map(format_value)).pivot_table(
+                index="_a", columns="_b", values="test_accuracy", aggfunc="mean")
+            blocks.append(ReportFigure(name=f"interaction-{gi}-{ai}", figure=heatmap(pivot, _short(a), _short(b)),
+                                       caption=f"{group}: mean test accuracy by {_short(a)} × {_short(b)} (blank: no runs)"))
+    if not any_axis:
+        blocks.append("No axis varies within a dataset and budget.")
+    return ReportSection(name="ablation", title="Ablation effects", blocks=tuple(blocks), order=40)
+
+
+# --------------------------------------------------------------------------- training dynamics
+
+
+def _mean_curve(context, runs, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(steps, mean over ``runs`` of ``key`` at each step) from metrics.jsonl; None without values."""
+    per_step: dict[int, list[float]] = {}
+    for run_id in runs.run_id:
+        for rec in context.metrics(run_id):
+            if rec.get(key) is not None:
+                per_step.setdefault(rec["step"], []).append(float(rec[key]))
+    if not per_step:
+        return None
+    steps = np.array(sorted(per_step))
+    return steps, np.array([np.mean(per_step[s]) for s in steps])
+
+
+def _curves(results, context, group: str, key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """cell -> (steps, mean over seeds of ``key``), for the best MAX_FIGURE_CELLS cells."""
+    runs = _runs(results, group)
+    curves = {cell: _mean_curve(context, runs[runs.cell == cell], key) for cell in context.cells[group][:MAX_FIGURE_CELLS]}
+    return {cell: curve for cell, curve in curves.items() if curve is not None}
+
+
+def dynamics_section(results, context) -> ReportSection:
+    blocks: list = [f"From metrics.jsonl, mean over seeds at each evaluation (at most {MAX_FIGURE_CELLS} cells per plot, "
+                    "best first)."]
+    for gi, group in enumerate(context.groups):
+        blocks.append(f"**{group}**")
+        test, val = _curves(results, context, group, "test_accuracy"), _curves(results, context, group, "val_accuracy")
+        if test:
+            blocks.append(ReportFigure(name=f"learning-curves-{gi}", figure=line_plot(
+                [("test accuracy", test), ("validation accuracy", val)], "step", "accuracy", dict(context.colors)),
+                caption=f"{group}: test and validation accuracy vs step"))
+        mask = _curves(results, context, group, "mask_rate")
+        if mask:
+            quality = _curves(results, context, group, "pseudo_label_accuracy")
+            blocks.append(ReportFigure(name=f"pseudo-labels-{gi}", figure=line_plot(
+                [("mask rate (share selected)", mask), ("accuracy of selected pseudo-labels", quality)], "step", "share",
+                dict(context.colors)), caption=f"{group}: pseudo-label quantity vs quality over training"))
+            never = [c for c, (_, m) in mask.items() if len(m) and np.all(m >= 0.999)]
+            if never:
+                blocks.append(f"Selected every pseudo-label at every evaluation (the selector never engaged): {'; '.join(never)}.")
+            idle = [c for c, (_, m) in mask.items() if len(m) and np.all(m < 0.01)]
+            if idle:
+                blocks.append("Selected under 1% of pseudo-labels at every evaluation (the unlabeled loss hardly "
+                              f"acted; close to supervised training): {'; '.join(idle)}.")
+        blocks += _thresholds(results, context, group, gi)
+        blocks += _pseudo_label_classes(results, context, group)
+    return ReportSection(name="dynamics", title="Training dynamics", blocks=tuple(blocks), order=50)
+
+
+def _thresholds(results, context, group: str, gi: int) -> list:
+    blocks = []
+    runs = _runs(results, group)
+    for ci, cell in enumerate(context.cells[group][:6]):
+        sub = runs[runs.cell == cell]
+        keys = sorted({k for run_id in sub.run_id for rec in context.metrics(run_id) for k in rec
+                       if re.fullmatch(r"selector/threshold/class_\d+", k)}, key=lambda k: int(k.rsplit("_", 1)[1]))
+        if not keys:
+            continue
+        curves = [(context.class_name(group, int(key.rsplit("_", 1)[1])), *curve) for key in keys
+                  if (curve := _mean_curve(context, sub, key)) is not None]
+        if not curves:
+            continue
+        blocks.append(ReportFigure(name=f"thresholds-{gi}-{ci}", figure=threshold_plot(curves),
+                                   caption=f"{group}, {cell}: per-class thresholds over training (mean over seeds)"))
+    return blocks
+
+
+def _pseudo_label_classes(results, context, group: str) -> list:
+    import pandas as pd
+
+    rows = []
+    runs = _runs(results, group)
+    for cell in context.cells[group]:
+        counts = [r for r in runs[runs.cell == cell]["pseudo_label_per_class"] if isinstance(r, dict)]
+        if not counts:
+            continue
+        selected = np.sum([c["selected"] for c in counts], 0)
+        correct = np.sum([c["correct"] for c in counts], 0)
+        gold = np.sum([c["gold"] for c in counts], 0)
+        row = {"cell": cell}
+        for c in range(len(selected)):
+            precision = format_number(correct[c] / selected[c], ".2f") if selected[c] else "–"
+            recall = format_number(correct[c] / gold[c], ".2f") if gold[c] else "–"
+            row[context.class_name(group, c)] = f"{precision} / {recall}"
+        rows.append(row)
+    if not rows:
+        return []
+    return ["Pseudo-labels per class over the whole run, precision / recall against the hidden gold labels "
+            "(selected pseudo-labels of class c that are right / unlabeled examples of class c that were selected "
+            "as c), counts summed over seeds:", pd.DataFrame(rows).fillna("–")]
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def calibration_section(results, context) -> ReportSection:
+    import pandas as pd
+
+    blocks: list = ["Expected calibration error (15 equal-width confidence bins) of the test-set probabilities saved "
+                    "in predictions.npz, mean over seeds; the reliability diagram pools the seeds (last checkpoint)."]
+    for gi, group in enumerate(context.groups):
+        runs = _runs(results, group)
+        rows, curves, f1_rows = [], {}, []
+        for cell in context.cells[group]:
+            eces = {"last": [], "best": []}
+            pooled_p, pooled_y, f1s = [], [], []
+            for run_id in runs[runs.cell == cell].run_id:
+                pred = context.predictions(run_id)
+                if not pred or "test_labels" not in pred:
+                    continue
+                y = pred["test_labels"]
+                for name, key in (("last", "test_probs_last"), ("best", "test_probs_best_val")):
+                    if key in pred:
+                        eces[name].append(calibration(pred[key], y)[0])
+                if "test_probs_last" in pred:
+                    pooled_p.append(pred["test_probs_last"])
+                    pooled_y.append(y)
+                    f1s.append(per_class_f1(pred["test_probs_last"], y, pred["test_probs_last"].shape[1])[2])
+            if not eces["last"]:
+                continue
+            last, best = summarize(eces["last"]), summarize(eces["best"])
+            rows.append({"cell": cell, "seeds": last.n, "ECE, last": format_mean_std(last), "95% CI, last": format_ci(last),
+                         "ECE, best on val": format_mean_std(best)})
+            _, conf, acc, _ = calibration(np.concatenate(pooled_p), np.concatenate(pooled_y))
+            curves[cell] = (conf, acc)
+            f1_rows.append({"cell": cell, **{context.class_name(group, c): format_number(v, ".3f") for c, v in enumerate(np.mean(f1s, 0))}})
+        if not rows:
+            blocks.append(f"**{group}**: no predictions.npz (runs from before it was saved).")
+            continue
+        blocks += [f"**{group}**", pd.DataFrame(rows)]
+        blocks.append(ReportFigure(name=f"reliability-{gi}", figure=reliability_plot(dict(list(curves.items())[:MAX_FIGURE_CELLS]),
+                                                                                      dict(context.colors)),
+                                   caption=f"{group}: reliability diagram (last checkpoint)"))
+        blocks += ["Per-class test F1 (last checkpoint, mean over seeds):", pd.DataFrame(f1_rows)]
+    return ReportSection(name="calibration", title="Calibration and per-class metrics", blocks=tuple(blocks), order=60)
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def cost_section(results, context) -> ReportSection:
+    import pandas as pd
+
+    blocks: list = [f"Means over seeds. Examples/s: labeled + unlabeled examples per training second (steps × batch × "
+                    f"(1 + unlabeled ratio) / train seconds; labeled only for runs without an unlabeled batch). Gain per "
+                    f"CPU-hour: accuracy points over **{context.baseline}** divided by the run's CPU-hours (wall time × torch "
+                    "threads)."]
+    for group in context.groups:
+        runs = _runs(results, group)
+        base = context.baseline_cells.get(group)
+        base_acc = runs[runs.cell == base].test_accuracy.mean() if base else math.nan
+        rows = []
+        for cell in context.cells[group]:
+            sub = runs[runs.cell == cell]
+            examples = []
+            for r in sub.itertuples():
+                train = (r.config if isinstance(r.config, dict) else {}).get("train", {})
+                unlabeled = train.get("unlabeled_ratio", 0) if not math.isnan(r.mask_rate) else 0
+                per_step = train.get("batch_size", 0) * (1 + unlabeled)
+                examples.append(r.steps * per_step / r.train_seconds if r.train_seconds else math.nan)
+            threads = [(m.get("torch_threads") if isinstance(m, dict) else None) or 1 for m in sub.machine]
+            cpu_hours = float(np.mean([w * t / 3600 for w, t in zip(sub.wall_seconds, threads)]))
+            gain = 100 * (sub.test_accuracy.mean() - base_acc)
+            augment = [a for a in sub.augment_seconds if a is not None and not math.isnan(a)]
+            rows.append({"cell": cell, "wall s": format_number(sub.wall_seconds.mean(), ".1f"),
+                         "train s": format_number(sub.train_seconds.mean(), ".1f"),
+                         "examples/s": format_number(float(np.nanmean(examples)) if examples else None, ".1f"),
+                         "augment s": format_number(float(np.mean(augment)) if augment else None, ".2f"),
+                         "gain vs baseline (points)": "–" if cell == base or math.isnan(gain) else format_number(gain, "+.2f"),
+                         "gain per CPU-hour": "–" if cell == base or math.isnan(gain) or not cpu_hours
+                         else format_number(gain / cpu_hours, "+.1f")})
+        blocks += [f"**{group}**", pd.DataFrame(rows)]
+    return ReportSection(name="cost", title="Cost", blocks=tuple(blocks), order=70)
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def provenance_section(results, context) -> ReportSection:
+    import pandas as pd
+
+    versions = sorted({v for v in results.testbed_version if isinstance(v, str)})
+    commits = sorted({v for v in results.git_commit if isinstance(v, str)})
+    machines = sorted({_hashable(m) for m in results.machine if isinstance(m, dict)})
+    started = sorted(v for v in results.started_at if isinstance(v, str))
+    finished = sorted(v for v in results.finished_at if isinstance(v, str))
+    grids = sorted(str(p) for d in context.runs_dirs for p in Path(d).glob("*.toml"))
+    blocks: list = [pd.DataFrame([
+        {"what": "testbed version (report)", "value": __version__},
+        {"what": "testbed versions (runs)", "value": ", ".join(versions) or "–"},
+        {"what": "git commit (report)", "value": git_commit() or "unknown (not a git checkout)"},
+        {"what": "git commits (runs)", "value": ", ".join(commits) or "not recorded by these runs"},
+        {"what": "runs directories", "value": ", ".join(str(d) for d in context.runs_dirs)},
+        {"what": "grid files", "value": ", ".join(grids) or "none found in the runs directories"},
+        {"what": "cell keys", "value": ", ".join(context.cell_keys) or "–"},
+        {"what": "first run started", "value": started[0] if started else "–"},
+        {"what": "last run finished", "value": finished[-1] if finished else "–"},
+        *({"what": "machine", "value": m} for m in machines)])]
+    for r in results.itertuples():
+        blocks.append(ReportDetails(summary=f"{r.run_id} · {r.status} · {r.group} · {r.cell} · seed {format_value(getattr(r, 'seed', None))}",
+                                    text=json.dumps(r.config, indent=2, sort_keys=True, default=str)))
+    return ReportSection(name="provenance", title="Provenance", blocks=tuple(blocks), order=100)
+
+
+SECTIONS = (runs_section, leaderboard_section, comparisons_section, across_section, ablation_section, dynamics_section,
+            calibration_section, cost_section, provenance_section)
+
+
+@hookimpl
+def testbed_report_sections(results, context):
+    return [section(results, context) for section in SECTIONS]
