@@ -15,8 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from testbed import Sampler
 from testbed.config import parse_overrides, resolve
-from testbed.loop import Sampler, prepare, train
+from testbed.loop import prepare, train
 from testbed.model import tokenize
 from testbed.plugins import load_plugins
 

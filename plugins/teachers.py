@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from testbed import BaseTeacher, Teacher, UserError, hookimpl
+from testbed import BaseTeacher, Sampler, Teacher, UserError, hookimpl
 
 # --------------------------------------------------------------------------- helpers
 
@@ -37,16 +37,6 @@ def _probabilities(model, inputs: dict, dropout: bool, temperature: float = 1.0)
 def _frozen_copy(model):
     """A deep copy that no optimizer will touch: no gradients, eval mode."""
     return copy.deepcopy(model).requires_grad_(False).eval()
-
-
-def _batches(n: int, size: int, rng: np.random.Generator):
-    """Endless shuffled passes over range(n), ``size`` indices at a time (batches may span passes)."""
-    order = np.empty(0, dtype=np.int64)
-    while True:
-        while len(order) < size:
-            order = np.concatenate([order, rng.permutation(n)])
-        yield order[:size]
-        order = order[size:]
 
 
 def _own_tokenizer(tokenizer, max_length: int):
@@ -148,6 +138,12 @@ class EmaTeacher(BaseTeacher):
         for mine, theirs in zip(self.buffers, student.buffers()):
             mine.copy_(theirs)
 
+    def state_dict(self):
+        return {"model": self.model.state_dict()}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+
 
 # --------------------------------------------------------------------------- snapshot
 
@@ -197,6 +193,13 @@ class SnapshotTeacher(BaseTeacher):
             student.load_state_dict(self.initial)  # in place: the optimizer still holds these parameters
             training.restart()  # but its moments belonged to the old weights
 
+    def state_dict(self):  # ``initial`` is the student as its factory saw it: the same on resume
+        return {"model": self.model.state_dict(), "refreshed_at": list(self.refreshed_at)}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.refreshed_at = list(state["refreshed_at"])
+
 
 # --------------------------------------------------------------------------- model
 
@@ -241,10 +244,10 @@ class ModelTeacher(BaseTeacher):
     def _fine_tune(self, labeled, options: ModelOptions, rng):
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.lr)
         labels = torch.as_tensor(np.asarray(labeled.labels), dtype=torch.long)
-        batches = _batches(len(labeled), options.batch_size, rng)
+        batches = Sampler(len(labeled), options.batch_size, rng)
         self.model.train()
         for _ in range(options.steps):
-            idx = next(batches)
+            idx = batches.next()
             logits = self.model(**self.tokens([labeled.texts[i] for i in idx])).logits
             loss = F.cross_entropy(logits, labels[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -335,7 +338,7 @@ class CotrainTeacher(BaseTeacher):
         self.peer.requires_grad_(True).eval()
         self.optimizer = torch.optim.AdamW(self.peer.parameters(), lr=options.lr)
         self.labels = torch.as_tensor(np.asarray(self.labeled.labels), dtype=torch.long)
-        self.batches = _batches(len(self.labeled), options.batch_size, np.random.default_rng(context.seed + 1))
+        self.batches = Sampler(len(self.labeled), options.batch_size, np.random.default_rng(context.seed + 1))
         self.remembered = None  # the last weak-view batch the student was taught on
         self.pseudo_labels = 0  # how many of the student's pseudo-labels the peer used in its last step
 
@@ -345,7 +348,7 @@ class CotrainTeacher(BaseTeacher):
         return _probabilities(self.peer, inputs, stochastic)
 
     def update(self, student, step, training):
-        idx = next(self.batches)
+        idx = self.batches.next()
         texts, targets = [self.labeled.texts[i] for i in idx], [self.labels[idx]]
         unlabeled = 0
         if self.remembered is not None:  # None when λ(step) = 0 and no unlabeled batch was drawn
@@ -364,6 +367,16 @@ class CotrainTeacher(BaseTeacher):
         loss.backward()
         self.optimizer.step()
         self.peer.eval()
+
+    def state_dict(self):  # ``remembered`` is always None between steps: update() consumes it
+        return {"peer": self.peer.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "batches": self.batches.state_dict(), "pseudo_labels": self.pseudo_labels}
+
+    def load_state_dict(self, state):
+        self.peer.load_state_dict(state["peer"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batches.load_state_dict(state["batches"])
+        self.pseudo_labels = int(state["pseudo_labels"])
 
 
 @hookimpl

@@ -63,6 +63,7 @@ from testbed.types import (
     ReportFigure,
     ReportSection,
     RunContext,
+    Sampler,
     Schedule,
     Selection,
     Selector,
@@ -79,7 +80,7 @@ __all__ = [
     # the hooks' records, the contexts factories get, the interfaces of what they build
     "Augmentation", "AugmentationContext", "AugmentationSpec", "Augmenter", "Backbone", "BackboneContext", "BaseExecutor",
     "BaseSelector", "BaseTeacher", "Component", "Dataset", "DatasetContext", "DatasetSplits", "Distance", "Executor",
-    "ExecutorContext", "NoOptions", "Preset", "Record", "RunContext", "Schedule", "Selection", "Selector", "Teacher",
+    "ExecutorContext", "NoOptions", "Preset", "Record", "RunContext", "Sampler", "Schedule", "Selection", "Selector", "Teacher",
     "TeacherContext", "TextBatch", "Texts", "Training", "UserError", "hookimpl", "__version__",
     # datasets and local data
     "DATA_DIR_ENV", "data_dir", "infer_label_names", "load_dataset_dir", "load_dataset_files", "read_rows", "rows_to_texts",

@@ -63,6 +63,9 @@ class TrainConfig:
     eval_batch_size: int = 64
     threads: int = 0  # torch threads; 0 = torch's default. Not part of the run id.
     view_variants: int = 4  # K cached views per unlabeled text: its n-th draw uses variant n mod K; 0 = a fresh, uncached view per draw
+    # steps between mid-run checkpoints (taken at evaluations, so a multiple of eval_every is exact); 0 = at the
+    # first evaluation after every 10 minutes of training; -1 = never. Not part of the run id: it never changes numbers.
+    checkpoint_every: int = 0
 
     def __post_init__(self):
         for key in ("steps", "batch_size", "eval_every", "eval_batch_size"):
@@ -73,6 +76,8 @@ class TrainConfig:
                 raise ValueError(f"train.{key} must be 0 or more, got {getattr(self, key)}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if self.checkpoint_every < -1:
+            raise ValueError(f"train.checkpoint_every must be -1 (never), 0 (every ~10 minutes) or a number of steps, got {self.checkpoint_every}")
 
 
 CORE_SECTIONS = {"dataset": DatasetConfig, "backbone": BackboneConfig, "train": TrainConfig}
@@ -98,7 +103,7 @@ DEFAULTS: dict[str, Any] = {
     "schedule": {"name": "constant"},
     "tsa": {"name": "constant", "weight": 1.0},  # η = 1: no labeled example is ever masked
 }
-NOT_IN_RUN_ID = {("train", "threads")}
+NOT_IN_RUN_ID = {("train", "threads"), ("train", "checkpoint_every")}  # how a run runs, not what it computes
 
 
 @dataclass(frozen=True)

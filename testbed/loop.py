@@ -9,6 +9,7 @@ run directory exists); ``train`` runs the loop and reports every evaluation.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,17 @@ from tqdm.auto import tqdm
 from testbed.config import RunConfig
 from testbed.data import Split, data_dir, make_split
 from testbed.model import accuracy_and_macro_f1, predict, tokenize
-from testbed.types import BackboneContext, BaseSelector, BaseTeacher, DatasetContext, RunContext, TeacherContext, TextBatch, Training
+from testbed.types import (
+    BackboneContext,
+    BaseSelector,
+    BaseTeacher,
+    DatasetContext,
+    RunContext,
+    Sampler,
+    TeacherContext,
+    TextBatch,
+    Training,
+)
 from testbed.views import Views, open_views
 
 
@@ -80,24 +91,6 @@ def prepare(cfg: RunConfig, registry=None) -> Parts:
     )
 
 
-class Sampler:
-    """Endless shuffled passes over range(n), one seeded permutation per pass."""
-
-    def __init__(self, n: int, batch_size: int, rng: np.random.Generator):
-        self.n, self.batch_size, self.rng = n, batch_size, rng
-        self.order, self.pos = rng.permutation(n), 0
-
-    def next(self) -> np.ndarray:
-        out = []
-        while len(out) < self.batch_size:
-            if self.pos == self.n:
-                self.order, self.pos = self.rng.permutation(self.n), 0
-            take = self.order[self.pos : self.pos + self.batch_size - len(out)]
-            out.extend(take)
-            self.pos += len(take)
-        return np.asarray(out)
-
-
 class PseudoLabelTally:
     """Quantity and quality of pseudo-labels between two evaluations. Gold labels are used
     here only, to measure; they never reach the loss."""
@@ -133,6 +126,13 @@ class PseudoLabelTally:
         c, pseudo = targets.shape[-1], targets.argmax(-1).numpy()
         counts = np.stack([np.bincount(v, minlength=c) for v in (pseudo[chosen & known], pseudo[chosen & known & hit], gold[known])])
         self.per_class = counts + (0 if self.per_class is None else self.per_class)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in vars(self).items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, np.asarray(value, dtype=np.int64) if key == "per_class" and value is not None else value)
 
     def summary(self) -> dict[str, float | None]:
         ratio = lambda a, b: a / b if b else None  # noqa: E731
@@ -173,9 +173,16 @@ class Trained:
     predictions: dict[str, Any]
 
 
+CHECKPOINT_SECONDS = 600  # train.checkpoint_every = 0: a checkpoint at the first evaluation after 10 minutes
+
+
 def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = lambda record: None,
-          progress: bool = True) -> Trained:
-    """Train for ``cfg.train.steps`` steps; ``on_evaluation`` gets each evaluation's record."""
+          progress: bool = True, checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> Trained:
+    """Train for ``cfg.train.steps`` steps; ``on_evaluation`` gets each evaluation's record.
+
+    ``checkpoint(state)`` is called at evaluations as ``train.checkpoint_every`` says with everything
+    the run needs to go on; ``train(..., resume=state)`` goes on from it (on the parts of the same
+    config, fresh from ``prepare``) to exactly the numbers of a run that was never stopped."""
     t, split, student = cfg.train, parts.split, parts.student
     seeds = np.random.SeedSequence(cfg.seed).spawn(3)
     labeled = Sampler(len(split.labeled), t.batch_size, np.random.default_rng(seeds[0]))
@@ -193,7 +200,15 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
     last_probs, best_probs = {}, {}  # test probabilities of the last and the best-on-validation evaluation
     started = time.perf_counter()
     eval_seconds = augment_seconds = 0.0
-    bar = tqdm(range(1, t.steps + 1), desc=f"{cfg.method} seed={cfg.seed}", disable=not progress, leave=False)
+    first = 1
+    if resume is not None:
+        samplers = {"labeled": labeled, "unlabeled": unlabeled}
+        first, seconds = restore(resume, student, optimizer, warmup, parts, samplers, whole_run)
+        best, record, last_probs, best_probs = (resume[k] for k in ("best", "record", "last_probs", "best_probs"))
+        started, eval_seconds, augment_seconds = started - seconds["elapsed"], seconds["eval"], seconds["augment"]
+    saved_at, saved_step = time.perf_counter(), first - 1
+    bar = tqdm(range(first, t.steps + 1), desc=f"{cfg.method} seed={cfg.seed}", disable=not progress, leave=False,
+               initial=first - 1, total=t.steps)
     for step in bar:
         idx = labeled.next()
         logits = student(**tokens([split.labeled.texts[i] for i in idx])).logits
@@ -234,6 +249,13 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
             on_evaluation(record)
             bar.set_postfix(test_acc=f"{record['test_accuracy']:.3f}", mask=record["mask_rate"])
             tally = PseudoLabelTally()
+            every = t.checkpoint_every
+            due = step - saved_step >= every if every > 0 else every == 0 and time.perf_counter() - saved_at >= CHECKPOINT_SECONDS
+            if checkpoint is not None and due and step < t.steps:
+                seconds = {"elapsed": time.perf_counter() - started, "eval": eval_seconds, "augment": augment_seconds}
+                checkpoint(snapshot(step, student, optimizer, warmup, parts, {"labeled": labeled, "unlabeled": unlabeled},
+                                    whole_run, seconds, best=best, record=record, last_probs=last_probs, best_probs=best_probs))
+                saved_at, saved_step = time.perf_counter(), step
 
     wall = time.perf_counter() - started
     best, best_probs = (best, best_probs) if best else (record, last_probs)
@@ -251,3 +273,42 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
     }, predictions={  # calibration and per-class metrics in reports
         "test_probs_last": last_probs.get("test"), "test_probs_best_val": best_probs.get("test"),
         "test_labels": np.asarray(split.test.labels)})
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def snapshot(step: int, student, optimizer, lr_schedule, parts: Parts, samplers: dict, whole_run: PseudoLabelTally,
+             seconds: dict, **progress) -> dict:
+    """Everything a run needs to go on after ``step`` (an evaluation step, so the per-evaluation
+    tallies are empty): tensors, numbers, lists and strings only, so ``torch.load(weights_only=True)``
+    reads it back."""
+    plain = lambda value: json.loads(json.dumps(value))  # records: numpy scalars become floats  # noqa: E731
+    arrays = lambda probs: {k: torch.from_numpy(np.asarray(v)) for k, v in probs.items()}  # noqa: E731
+    return {
+        "step": step, "student": student.state_dict(), "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
+        "teacher": parts.teacher.state_dict(), "selector": parts.selector.state_dict(), "views": parts.views.state_dict(),
+        "samplers": {name: sampler.state_dict() for name, sampler in samplers.items() if sampler is not None},
+        "whole_run": whole_run.state_dict(), "rng": torch.get_rng_state(), "seconds": seconds,
+        "best": plain(progress["best"]), "record": plain(progress["record"]),
+        "last_probs": arrays(progress["last_probs"]), "best_probs": arrays(progress["best_probs"]),
+    }
+
+
+def restore(state: dict, student, optimizer, lr_schedule, parts: Parts, samplers: dict, whole_run: PseudoLabelTally) -> tuple[int, dict]:
+    """Load ``snapshot``'s state into a run's fresh objects; (the first step to run, the seconds spent).
+    The probabilities come back as numpy arrays in ``state``."""
+    student.load_state_dict(state["student"])
+    optimizer.load_state_dict(state["optimizer"])
+    lr_schedule.load_state_dict(state["lr_schedule"])
+    parts.teacher.load_state_dict(state["teacher"])
+    parts.selector.load_state_dict(state["selector"])
+    parts.views.load_state_dict(state["views"])
+    for name, sampler in samplers.items():
+        if sampler is not None:
+            sampler.load_state_dict(state["samplers"][name])
+    whole_run.load_state_dict(state["whole_run"])
+    torch.set_rng_state(state["rng"])
+    for key in ("last_probs", "best_probs"):
+        state[key] = {k: v.numpy() for k, v in state[key].items()}
+    return state["step"] + 1, state["seconds"]

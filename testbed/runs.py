@@ -4,7 +4,9 @@ probabilities of the last and best-on-validation checkpoints, test labels) and r
 A run is finished exactly when result.json exists; it is written atomically last, so an
 interrupted run is never mistaken for a finished one, and a finished run is never redone
 unless forced. A run that raised leaves error.json (an interrupt, e.g. Ctrl-C, leaves the run
-merely unfinished).
+merely unfinished). A long run also keeps checkpoint.pt (``train.checkpoint_every``): a run
+killed after one goes on from it, to the numbers of a run never stopped, and the file goes when
+result.json is written.
 
 ``execute`` is the one owner of a run directory, for ``testbed run`` and every grid cell alike:
 it takes the run's lock, ``OUT/.locks/<run_id>.lock``, before it deletes or writes anything in
@@ -21,6 +23,7 @@ import os
 import platform
 import shutil
 import socket
+import sys
 import time
 import traceback
 import warnings
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from testbed import __version__
-from testbed.atomic import atomic_write_json, atomic_write_npz
+from testbed.atomic import atomic_write, atomic_write_json, atomic_write_npz
 from testbed.config import RunConfig
 from testbed.errors import UserError
 from testbed.loop import prepare, train
@@ -182,11 +185,16 @@ def execute(cfg: RunConfig, registry, out_dir: str | Path, force: bool = False, 
         existing = _settled(out, cfg.run_id, force, retry_failed, probe_lock=False)  # it may have finished meanwhile
         if existing is not None:
             return RunOutcome(run_dir, existing, False)
-        if run_dir.exists():  # an interrupted or failed attempt, or a forced rerun: its files must not mix with this one's
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        atomic_write_json(run_dir / "config.json", cfg.resolved)
-        result = _run(cfg, registry, parts, run_dir, progress, cell)
+        resume = None if force or (run_dir / "error.json").is_file() else read_checkpoint(run_dir, cfg.run_id)
+        if resume is not None:  # killed after a checkpoint: go on from it, with the metrics recorded up to it
+            _keep_metrics_until(run_dir / "metrics.jsonl", resume["loop"]["step"])
+            sys.stderr.write(f"{cfg.run_id}: resuming from step {resume['loop']['step']} ({run_dir / CHECKPOINT})\n")
+        else:
+            if run_dir.exists():  # an interrupted or failed attempt, or a forced rerun: its files must not mix with this one's
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True)
+            atomic_write_json(run_dir / "config.json", cfg.resolved)
+        result = _run(cfg, registry, parts, run_dir, progress, cell, resume)
     registry.hook.testbed_run_finished(run_dir=run_dir, result=result)
     return RunOutcome(run_dir, result, True)
 
@@ -205,14 +213,15 @@ def _settled(out: Path, run_id: str, force: bool, retry_failed: bool, probe_lock
     return None
 
 
-def _run(cfg: RunConfig, registry, parts, run_dir: Path, progress: bool, cell: str | None) -> dict:
-    """Prepare (unless done), train and write metrics, predictions and result.json into ``run_dir``,
-    which holds only config.json. A failure writes error.json, here and nowhere else."""
+def _run(cfg: RunConfig, registry, parts, run_dir: Path, progress: bool, cell: str | None, resume: dict | None = None) -> dict:
+    """Prepare (unless done), train and write metrics, checkpoints, predictions and result.json into
+    ``run_dir``, which holds config.json (and, with ``resume``, what the run wrote up to its
+    checkpoint). A failure writes error.json, here and nowhere else."""
     notified = False  # testbed_run_failed pairs with a testbed_run_started that returned
     try:
         if parts is None:
             parts = prepare(cfg, registry)
-        started_at = _now()
+        started_at = resume["started_at"] if resume else _now()
         registry.hook.testbed_run_started(run_dir=run_dir, config=cfg.resolved)
         notified = True
         with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics:
@@ -222,13 +231,18 @@ def _run(cfg: RunConfig, registry, parts, run_dir: Path, progress: bool, cell: s
                 os.fsync(metrics.fileno())
                 registry.hook.testbed_evaluation(run_dir=run_dir, record=record)
 
-            trained = train(cfg, parts, on_evaluation=on_evaluation, progress=progress)
+            def checkpoint(state: dict) -> None:
+                write_checkpoint(run_dir, cfg.run_id, started_at, state)
+
+            trained = train(cfg, parts, on_evaluation=on_evaluation, progress=progress, checkpoint=checkpoint,
+                            resume=resume["loop"] if resume else None)
         atomic_write_npz(run_dir / "predictions.npz", trained.predictions)  # test probabilities, for reports
         result = {"run_id": cfg.run_id, "method": cfg.method, "dataset": cfg.dataset.name, "seed": cfg.seed,
                   **trained.result, "started_at": started_at, "finished_at": _now(), "testbed_version": __version__, "git_commit": IMPORTED_COMMIT,
                   "machine": {"python": platform.python_version(), "platform": platform.platform(),
                               "cpus": os.cpu_count(), "torch_threads": _torch_threads()}}
         atomic_write_json(run_dir / "result.json", result)
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)  # finished: nothing to resume
     except BaseException as exc:  # an interrupt (KeyboardInterrupt) leaves the run unfinished, not failed
         interrupted = not isinstance(exc, Exception)
         error = f"{type(exc).__name__}: {exc}"
@@ -242,6 +256,47 @@ def _run(cfg: RunConfig, registry, parts, run_dir: Path, progress: bool, cell: s
                 warnings.warn(f"a testbed_run_failed hook raised {type(hook_error).__name__}: {hook_error}", stacklevel=2)
         raise
     return result
+
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+def write_checkpoint(run_dir: Path, run_id: str, started_at: str, state: dict) -> None:
+    """The loop's state after an evaluation, atomically: a kill while writing leaves the previous one."""
+    import torch
+
+    checkpoint = {"format": CHECKPOINT_FORMAT, "run_id": run_id, "started_at": started_at, "loop": state}
+    atomic_write(run_dir / CHECKPOINT, lambda handle: torch.save(checkpoint, handle))
+
+
+def read_checkpoint(run_dir: Path, run_id: str) -> dict | None:
+    """The run's checkpoint, or None when it has none; a damaged or foreign one is never used: it is
+    reported and the run starts again from step 0."""
+    import torch
+
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = torch.load(path, weights_only=True)  # tensors and plain data only: loading runs no code
+        if checkpoint["format"] != CHECKPOINT_FORMAT or checkpoint["run_id"] != run_id:
+            raise ValueError(f"format {checkpoint['format']} of run {checkpoint['run_id']}, expected format "
+                             f"{CHECKPOINT_FORMAT} of run {run_id}")
+        int(checkpoint["loop"]["step"])
+    except Exception as exc:  # truncated, garbage, another version: all mean "start over"
+        warnings.warn(f"Ignoring the checkpoint {path} ({type(exc).__name__}: {str(exc)[:200]}); the run starts again "
+                      "from step 0.", stacklevel=2)
+        return None
+    return checkpoint
+
+
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """metrics.jsonl as it was at the checkpoint: the evaluations after it are run again."""
+    if path.is_file():
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        atomic_write(path, lambda handle: handle.write("".join(f"{line}\n" for line in kept).encode("utf-8")))
 
 
 def _torch_threads() -> int:

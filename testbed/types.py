@@ -61,6 +61,32 @@ class TextBatch:
         return self._inputs
 
 
+class Sampler:
+    """Endless shuffled passes over range(n), ``batch_size`` indices at a time (a batch may span two
+    passes), one permutation of ``rng`` per pass. Its state resumes a run mid-pass."""
+
+    def __init__(self, n: int, batch_size: int, rng: np.random.Generator):
+        self.n, self.batch_size, self.rng = n, batch_size, rng
+        self.order, self.pos = rng.permutation(n), 0
+
+    def next(self) -> np.ndarray:
+        out = []
+        while len(out) < self.batch_size:
+            if self.pos == self.n:
+                self.order, self.pos = self.rng.permutation(self.n), 0
+            take = self.order[self.pos : self.pos + self.batch_size - len(out)]
+            out.extend(take)
+            self.pos += len(take)
+        return np.asarray(out)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "order": self.order.tolist(), "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.order, self.pos = np.asarray(state["order"], dtype=np.int64), int(state["pos"])
+
+
 # --------------------------------------------------------------------------- contexts: what factories get
 
 
@@ -186,6 +212,14 @@ class BaseTeacher:
         """Called after every optimizer step: EMA teachers average here; a teacher that
         re-initialises the student calls ``training.restart()``."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the teacher has learned or drawn since its factory built it (tensors, numbers,
+        lists), for mid-run checkpoints; what the factory rebuilds identically need not be here."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
 
 class BaseSelector:
     """Turns teacher probabilities into pseudo-targets and weights. Subclass and override
@@ -208,7 +242,7 @@ class BaseSelector:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything ``select`` has learned across steps, as tensors and numbers."""
+        """Everything ``select`` has learned across steps (tensors, numbers), for mid-run checkpoints."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

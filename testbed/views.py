@@ -182,6 +182,14 @@ class Views:
         variants = n % self.variants if self.variants else n
         return self.weak.draw(indices, variants), self.strong.draw(indices, variants)
 
+    def state_dict(self) -> dict[str, Any]:
+        """How often each text was drawn (its next variant), for mid-run checkpoints: taken after an
+        evaluation, when the streams' counts are fresh and their new views on disk."""
+        return {"draws": self.draws.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.draws = np.asarray(state["draws"], dtype=np.int64)
+
     def stats(self) -> dict[str, float | None]:
         """For the evaluation record: share of views the augmentation left unchanged; new views go to disk."""
         self.flush()

@@ -191,7 +191,7 @@ def test_an_interrupted_run_stays_unfinished_not_failed(tmp_path, monkeypatch):
     recorder = Recorder()
     reg.pm.register(recorder)
 
-    def interrupted(cfg, parts, on_evaluation, progress):
+    def interrupted(cfg, parts, on_evaluation, progress, **checkpoints):
         on_evaluation({"step": 1})
         raise KeyboardInterrupt("Ctrl-C")
 
