@@ -10,15 +10,19 @@ parameter nor a submodule and that ``copy.deepcopy`` shares instead of copying.
 
 A feature is a function of the text's token ids alone, bit for bit, on one machine with one set of
 library versions: rows are keyed by a digest of their ids (padding removed) and every encoder call
-has the shape [ENCODE_ROWS, length of the text], with no padding; a short batch is filled by
-repeating its last row. BLAS and oneDNN pick their kernels, and so the rounding of every sum, by the
-shapes they are given: padding to the longest text of a batch changes a row's output in the last
-bits (about 5e-7 for MiniLM), and so does the number of rows (up to 5e-6 between batches of 8 and
-of 1 or 7 rows on a Xeon with AVX-512; nothing on an AMD EPYC). With the shape fixed, a row's output
-does not depend on the other rows (measured on both), so a run never depends on what its cache
-already held. Another CPU or library version may choose other kernels: the cache entry is keyed by
-the weights, not the machine, so do not share one cache directory between machines and expect
-bit-identical runs.
+has the shape [ENCODE_ROWS, the text's length bucket]: the text is padded (masked) to the next
+multiple of BUCKET above its length, and a short batch is filled by repeating its last row. BLAS and
+oneDNN pick their kernels, and so the rounding of every sum, by the shapes they are given: padding
+to the longest text of a batch changes a row's output in the last bits (about 5e-7 for MiniLM), and
+so does the number of rows (up to 5e-6 between batches of 8 and of 1 or 7 rows on a Xeon with
+AVX-512; 1 row against 2 or more for 3-token texts on an AMD EPYC with AVX-512). With the shape
+fixed, a row's output depends neither on the other rows nor on its position among them, their
+lengths and masks included (measured on both), so a run never depends on what its cache already
+held. Buckets rather than exact lengths: texts rarely share a length, and 8-row calls of one
+length each cost 2-3x the encoding (0.30x the texts/s of 64-row exact-length calls on AG News,
+0.53x on TREC, MiniLM, 1 thread); buckets of 16 give 0.75x and 0.77x. Another CPU or library version
+may choose other kernels: the cache entry is keyed by the weights, not the machine, so do not share
+one cache directory between machines and expect bit-identical runs.
 
 Cache: one entry of the store (``testbed.CacheEntry``, kind ``features``: ``$TESTBED_CACHE/features``)
 per (encoder, pooling, weights fingerprint, FORMAT), holding float32 [hidden] rows by token-id
@@ -43,8 +47,9 @@ from testbed import Backbone, CacheEntry, UserError, hookimpl, store_dir
 
 POOLINGS = ("mean", "cls")
 ENCODE_ROWS = 8  # rows of every encoder call (a short batch repeats its last row): a fixed shape, so fixed kernels
+BUCKET = 16  # texts are padded (masked) to the next multiple of this: a text's call shape depends on its length alone
 FLUSH_EVERY = 16_384  # pending features written without waiting for an evaluation
-FORMAT = 2  # 2: fixed-row-count batches (format 1 batched up to 64 rows, so its features differ in the last bits)
+FORMAT = 3  # 3: [8, length bucket] calls; 2: [8, exact length]; 1: up to 64 rows of one length. Their features differ in the last bits
 
 ENCODED = Counter()  # texts run through an encoder in this process, by cache entry name: tests and benchmarks read it
 
@@ -70,6 +75,13 @@ def token_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> 
     rows = [np.ascontiguousarray(row[mask]) for row, mask in zip(ids, keep)]
     keys = [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little") for row in rows]
     return keys, rows
+
+
+def bucket_length(tokens: int) -> int:
+    """The padded length of a text of ``tokens`` tokens: the next multiple of BUCKET strictly above
+    it, so texts of nearby lengths share encoder calls and every row has a masked pad (an all-ones
+    mask may send attention down another kernel)."""
+    return BUCKET * (tokens // BUCKET + 1)
 
 
 def fixed_rows(rows: list, count: int) -> list:
@@ -123,16 +135,25 @@ class FeatureStore:
     @torch.no_grad()
     def _encode(self, missing: dict[int, np.ndarray]) -> None:
         new = {}
-        by_length = defaultdict(list)  # equal lengths need no padding
+        by_bucket = defaultdict(list)
+        limit = getattr(self.encoder.config, "max_position_embeddings", None)
         for key, row in missing.items():
-            by_length[len(row)].append((key, row))
-        for _, items in sorted(by_length.items()):
+            length = bucket_length(len(row)) if limit is None else min(bucket_length(len(row)), limit)
+            # a text as long as the encoder allows has no pad, so it never shares a call with padded rows
+            by_bucket[length, len(row) == length].append((key, row))
+        for (length, _), items in sorted(by_bucket.items()):
             for start in range(0, len(items), ENCODE_ROWS):
                 chunk = items[start : start + ENCODE_ROWS]
-                ids = torch.from_numpy(np.stack(fixed_rows([row for _, row in chunk], ENCODE_ROWS)))
-                hidden = self.encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
-                pooled = (hidden.mean(1) if self.pooling == "mean" else hidden[:, 0]).float().numpy()
-                for (key, _), feature in zip(chunk, pooled):  # the filler rows' outputs are dropped
+                rows = fixed_rows([row for _, row in chunk], ENCODE_ROWS)
+                ids, mask = torch.zeros(ENCODE_ROWS, length, dtype=torch.long), torch.zeros(ENCODE_ROWS, length, dtype=torch.long)
+                for i, row in enumerate(rows):  # padded after the text, masked: every row has at least one pad
+                    ids[i, : len(row)], mask[i, : len(row)] = torch.from_numpy(row), 1
+                hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+                if self.pooling == "mean":  # over the text's own tokens
+                    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+                else:
+                    pooled = hidden[:, 0]
+                for (key, _), feature in zip(chunk, pooled.float().numpy()):  # the filler rows' outputs are dropped
                     new[key] = feature
         self.cache.add(new)
         ENCODED[self.entry] += len(missing)

@@ -214,6 +214,27 @@ def test_real_encoders_give_the_same_features_however_texts_are_batched(registry
         torch.set_num_threads(threads)
 
 
+def test_texts_are_padded_to_their_bucket_and_a_text_at_the_position_limit_never_shares_a_call():
+    calls = []
+
+    class Recording(RowCountSensitiveEncoder):
+        config = type("Config", (), {"hidden_size": 24, "max_position_embeddings": 20})()
+
+        def forward(self, input_ids, attention_mask=None):
+            calls.append((tuple(input_ids.shape), attention_mask.bool().all(-1).tolist()))
+            return super().forward(input_ids, attention_mask)
+
+    assert [frozen_plugin.bucket_length(n) for n in (1, 15, 16, 17)] == [16, 16, 32, 32]
+    store = frozen_plugin.FeatureStore(Recording().eval(), "mean", "test", root=None)
+    lengths = [3, 15, 16, 20, 20, 9]  # 20 = the encoder's limit: no room for a pad
+    ids = torch.zeros(len(lengths), 20, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n], mask[i, :n] = torch.arange(1 + i, 1 + i + n), 1
+    store.features(ids, mask)
+    assert sorted(calls) == [((8, 16), [False] * 8), ((8, 20), [False] * 8), ((8, 20), [True] * 8)]
+
+
 def test_fixed_rows_fills_a_short_batch_with_its_last_row():
     assert frozen_plugin.fixed_rows(["a", "b"], 4) == ["a", "b", "b", "b"]
     assert frozen_plugin.fixed_rows(list("abcd"), 4) == list("abcd")
@@ -235,7 +256,8 @@ def test_cls_pooling_is_the_first_tokens_state(registry):
     tokens = tokenize(tokenizer, ["a short question ?"], 32)
     with torch.no_grad():
         hidden = model.store.encoder(input_ids=tokens["input_ids"]).last_hidden_state[0]
-    assert torch.equal(model.store.features(tokens["input_ids"], tokens["attention_mask"])[0], hidden[0])
+    cls = model.store.features(tokens["input_ids"], tokens["attention_mask"])[0]
+    assert torch.allclose(cls, hidden[0], atol=1e-6) and not torch.allclose(cls, hidden.mean(0), atol=1e-3)  # (padded: not bit for bit)
     mean = frozen_plugin.FeatureStore(model.store.encoder, "mean", "tiny", root=None)
     assert model.store.cache.meta["key"]["pooling"] == "cls" and mean.entry != model.store.entry  # an entry of its own
 
