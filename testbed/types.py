@@ -102,6 +102,7 @@ class RunContext:
     unlabeled_batch_size: int = 0  # unlabeled examples per step, to size warm-ups to the budget
     load_backbone: Callable[[str], tuple[Any, Any]] | None = None  # name/path/hub id -> (model, tokenizer), the run's registry
     tokenize: Callable[[list[str]], dict] | None = None  # the student's tokenizer, padded to the batch
+    device: str = "cpu"  # where the student lives (train.device resolved): state tensors and own models go there too
 
     def budget_momentum(self) -> float:
         """EMA momentum sized to this run: m = 1 - 1/τ with a time constant τ of 1% of the steps,
