@@ -84,6 +84,13 @@ class DaskOptions:
     scheduler: str = ""  # address of a running scheduler (-X scheduler=ADDRESS); "" = a LocalCluster on 127.0.0.1
     dashboard: bool = False  # LocalCluster only: serve the dashboard on 127.0.0.1:8787 (needs bokeh)
     timeout: float = 30.0  # seconds to wait for the scheduler
+    # GPUs each cell needs: submitted with dask's resources={"GPU": n}, so it runs only on workers started with
+    # `--resources GPU=1` (dask-jobqueue: worker_extra_args=["--resources", "GPU=1"]); a LocalCluster's workers get one cell's worth each
+    gpus_per_cell: float = 0.0
+
+    def __post_init__(self):
+        if self.gpus_per_cell < 0:
+            raise ValueError(f"executor option gpus_per_cell must be 0 or more, got {self.gpus_per_cell}")
 
 
 class DaskExecutor(BaseExecutor):
@@ -96,6 +103,7 @@ class DaskExecutor(BaseExecutor):
         except ImportError:
             raise UserError("The dask executor needs dask.distributed: pip install 'testbed[dask]'.") from None
         self.cluster = None
+        self.resources = {"GPU": options.gpus_per_cell} if options.gpus_per_cell else None
         if options.scheduler:
             try:
                 self.client = Client(options.scheduler, timeout=options.timeout)
@@ -106,14 +114,14 @@ class DaskExecutor(BaseExecutor):
         else:
             self.cluster = LocalCluster(n_workers=context.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                         dashboard_address="127.0.0.1:8787" if options.dashboard else None,
-                                        silence_logs=logging.ERROR)
+                                        silence_logs=logging.ERROR, resources=self.resources)  # one cell's worth a worker
             self.client = Client(self.cluster, timeout=options.timeout)
             self.threads_per_task = max(1, context.cores // context.workers)
 
     def map_unordered(self, fn, tasks):
         from dask.distributed import as_completed as dask_completed
 
-        futures = {self.client.submit(fn, task, pure=False): task for task in tasks}
+        futures = {self.client.submit(fn, task, pure=False, resources=self.resources): task for task in tasks}
         for future in dask_completed(list(futures)):
             try:
                 yield futures[future], future.result()

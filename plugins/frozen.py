@@ -70,8 +70,8 @@ class FrozenOptions:
 
 def token_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[list[int], list[np.ndarray]]:
     """Each row's token ids without padding, and a 64-bit digest of them (its cache key)."""
-    ids = input_ids.numpy().astype(np.int64, copy=False)
-    keep = np.ones(ids.shape, dtype=bool) if attention_mask is None else attention_mask.numpy().astype(bool)
+    ids = input_ids.cpu().numpy().astype(np.int64, copy=False)
+    keep = np.ones(ids.shape, dtype=bool) if attention_mask is None else attention_mask.cpu().numpy().astype(bool)
     rows = [np.ascontiguousarray(row[mask]) for row, mask in zip(ids, keep)]
     keys = [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little") for row in rows]
     return keys, rows
@@ -110,12 +110,27 @@ class FeatureStore:
         self.encoder, self.pooling = encoder.requires_grad_(False).eval(), pooling
         self.hidden = encoder.config.hidden_size
         # features of another format are not bit-identical to these: FORMAT joins the key
-        key = {"format": FORMAT, "encoder": name, "pooling": pooling, "fingerprint": weights_fingerprint(encoder)}
-        self.cache = CacheEntry(root, key, name=name, description="frozen-encoder outputs",
-                                columns={"encoder": name, "pooling": pooling, "hidden": self.hidden},
+        self.key = {"format": FORMAT, "encoder": name, "pooling": pooling, "fingerprint": weights_fingerprint(encoder)}
+        self.name, self.root, self.device = name, root, torch.device("cpu")
+        self._open()
+        self.owner = None  # weakref to the student built on this store; set by FrozenEncoderClassifier
+
+    def _open(self) -> None:
+        # A GPU's kernels round otherwise than the CPU's: features encoded there get their own entry
+        # (the CPU's key is unchanged, so CPU caches written before devices existed stay valid)
+        key = self.key if self.device.type == "cpu" else {**self.key, "device": self.device.type}
+        self.cache = CacheEntry(self.root, key, name=self.name, description="frozen-encoder outputs",
+                                columns={"encoder": self.name, "pooling": self.pooling, "hidden": self.hidden},
                                 shape=(self.hidden,), dtype="float32", flush_every=FLUSH_EVERY)  # root None: memory only
         self.entry = self.cache.id
-        self.owner = None  # weakref to the student built on this store; set by FrozenEncoderClassifier
+
+    def to(self, device: torch.device) -> None:
+        """Encode on ``device`` from now on (the head's: the loop moves the student)."""
+        if device.type != self.device.type:
+            self.flush()
+            self.device = device
+            self._open()
+        self.encoder.to(device)
 
     @property
     def table(self) -> dict[int, np.ndarray]:
@@ -125,15 +140,21 @@ class FeatureStore:
     def __deepcopy__(self, memo):
         return self  # teachers' copies of the model share the encoder and the features
 
-    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, device: torch.device | None = None) -> torch.Tensor:
+        """Features [B, hidden] of a tokenized batch, on ``device``; the table stays numpy on the CPU."""
+        device = torch.device("cpu") if device is None else torch.device(device)
+        if device != self.device:
+            self.to(device)  # the encoder follows the head (the student), which the loop moved
         keys, rows = token_keys(input_ids, attention_mask)
         missing = {key: row for key, row in zip(keys, rows) if key not in self.table}
         if missing:
-            self._encode(missing)
-        return torch.from_numpy(np.stack([self.table[key] for key in keys]))
+            self._encode(missing, device)
+        return torch.from_numpy(np.stack([self.table[key] for key in keys])).to(device)
 
     @torch.no_grad()
-    def _encode(self, missing: dict[int, np.ndarray]) -> None:
+    def _encode(self, missing: dict[int, np.ndarray], device: torch.device) -> None:
+        # Always fp32, even inside a bf16/fp16 run's autocast: the cache is shared by runs of every precision
+        autocast_off = torch.autocast(device.type, enabled=False)
         new = {}
         by_bucket = defaultdict(list)
         limit = getattr(self.encoder.config, "max_position_embeddings", None)
@@ -148,12 +169,14 @@ class FeatureStore:
                 ids, mask = torch.zeros(ENCODE_ROWS, length, dtype=torch.long), torch.zeros(ENCODE_ROWS, length, dtype=torch.long)
                 for i, row in enumerate(rows):  # padded after the text, masked: every row has at least one pad
                     ids[i, : len(row)], mask[i, : len(row)] = torch.from_numpy(row), 1
-                hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+                ids, mask = ids.to(device), mask.to(device)
+                with autocast_off:
+                    hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
                 if self.pooling == "mean":  # over the text's own tokens
                     pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
                 else:
                     pooled = hidden[:, 0]
-                for (key, _), feature in zip(chunk, pooled.float().numpy()):  # the filler rows' outputs are dropped
+                for (key, _), feature in zip(chunk, pooled.float().cpu().numpy()):  # the filler rows' outputs are dropped
                     new[key] = feature
         self.cache.add(new)
         ENCODED[self.entry] += len(missing)
@@ -182,7 +205,8 @@ class FrozenEncoderClassifier(nn.Module):
         self.classifier = nn.Linear(store.hidden, num_labels)
 
     def forward(self, input_ids, attention_mask=None, **ignored) -> FrozenOutput:
-        return FrozenOutput(self.classifier(self.dropout(self.store.features(input_ids, attention_mask))))
+        features = self.store.features(input_ids, attention_mask, self.classifier.weight.device)
+        return FrozenOutput(self.classifier(self.dropout(features)))
 
     def train(self, mode: bool = True):
         # The student back from eval mode: an evaluation (``predict``) just ended, so persist what the run

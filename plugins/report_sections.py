@@ -101,7 +101,8 @@ def leaderboard_section(results, context) -> ReportSection:
 
     blocks: list = ["Test accuracy over seeds: mean ± standard deviation and the 95% confidence interval of the mean "
                     "(t-interval, shown clipped to [0, 1]). *Last* is the checkpoint at the end of training; *best on validation* is the "
-                    "evaluation with the highest validation accuracy. Error rate = 1 − accuracy (last)."]
+                    "evaluation with the highest validation accuracy. Error rate = 1 − accuracy (last). *Teacher accuracy*, for cells "
+                    "whose teacher is a separate, fixed model: the teacher's own predictions on the same test set."]
     for group in context.groups:
         runs = _runs(results, group)
         rows = []
@@ -113,7 +114,10 @@ def leaderboard_section(results, context) -> ReportSection:
                          "macro-F1, last": format_mean_std(summarize(sub.test_macro_f1.tolist())),
                          "accuracy, best on val": format_mean_std(best), "95% CI, best on val": format_ci(best),
                          "macro-F1, best on val": format_mean_std(summarize(sub.test_macro_f1_best_val.tolist()))})
-        blocks += [f"**{group}**", pd.DataFrame(rows)]
+            teacher = sub["teacher_test_accuracy"].dropna().tolist() if "teacher_test_accuracy" in sub else []
+            if teacher:  # a fixed teacher (distillation, a prompted LLM): what its own predictions score
+                rows[-1]["teacher accuracy"] = format_mean_std(summarize(teacher))
+        blocks += [f"**{group}**", pd.DataFrame(rows).fillna("")]
     return ReportSection(name="leaderboard", title="Leaderboard", blocks=tuple(blocks), order=10)
 
 
@@ -381,7 +385,8 @@ def cost_section(results, context) -> ReportSection:
             cpu_hours = float(np.mean([w * t / 3600 for w, t in zip(sub.wall_seconds, threads)]))
             gain = 100 * (sub.test_accuracy.mean() - base_acc)
             augment = [a for a in sub.augment_seconds if a is not None and not math.isnan(a)]
-            rows.append({"cell": cell, "wall s": format_number(sub.wall_seconds.mean(), ".1f"),
+            rows.append({"cell": cell, "device": _distinct(sub.device, "cpu"), "precision": _distinct(sub.precision, "fp32"),
+                         "wall s": format_number(sub.wall_seconds.mean(), ".1f"),
                          "train s": format_number(sub.train_seconds.mean(), ".1f"),
                          "examples/s": format_number(float(np.nanmean(examples)) if examples else None, ".1f"),
                          "augment s": format_number(float(np.mean(augment)) if augment else None, ".2f"),
@@ -390,6 +395,11 @@ def cost_section(results, context) -> ReportSection:
                          else format_number(gain / cpu_hours, "+.1f")})
         blocks += [f"**{group}**", pd.DataFrame(rows)]
     return ReportSection(name="cost", title="Cost", blocks=tuple(blocks), order=70)
+
+
+def _distinct(values, before: str) -> str:
+    """The values of a column, once each; runs from before devices were recorded ran on the CPU in fp32."""
+    return ", ".join(sorted({v if isinstance(v, str) else before for v in values}))
 
 
 # --------------------------------------------------------------------------- provenance
@@ -414,6 +424,8 @@ def provenance_section(results, context) -> ReportSection:
         {"what": "cell keys", "value": ", ".join(context.cell_keys) or "–"},
         {"what": "first run started", "value": started[0] if started else "–"},
         {"what": "last run finished", "value": finished[-1] if finished else "–"},
+        {"what": "devices (runs)", "value": _distinct(results.device, "cpu") or "–"},
+        {"what": "precisions (runs)", "value": _distinct(results.precision, "fp32") or "–"},
         *({"what": "machine", "value": m} for m in machines)])]
     for r in results.itertuples():
         blocks.append(ReportDetails(summary=f"{r.run_id} · {r.status} · {r.group} · {r.cell} · seed {format_value(getattr(r, 'seed', None))}",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from testbed import BaseSelector, Selection, Selector, hookimpl
+from testbed import BaseSelector, Selection, Selector, UserError, hookimpl
 
 # --------------------------------------------------------------------------- shared helpers
 
@@ -31,6 +31,16 @@ def _check_unit(key: str, value: float) -> None:
 def _check_momentum(value: float | None) -> None:
     if value is not None and not 0.0 <= value < 1.0:
         raise ValueError(f"selector.ema_momentum must be in [0, 1) or unset (budget-aware), got {value}")
+
+
+def _float64_device(context, selector: str) -> torch.device:
+    """The run's device, for selectors whose statistics are float64 (kept exact over long runs):
+    Apple's MPS has no float64, so there they stop with an error instead of failing mid-run."""
+    device = torch.device(context.device)
+    if device.type == "mps":
+        raise UserError(f"selector {selector!r} keeps float64 statistics, which MPS devices do not support; "
+                        "use train.device=cpu, or another selector (threshold, curriculum, topk, uncertainty).")
+    return device
 
 
 def _momentum(option: float | None, context) -> float:
@@ -57,7 +67,7 @@ def _rank_within_class(confidence, predicted, num_classes: int):
     counts = torch.bincount(predicted, minlength=num_classes)
     starts = counts.cumsum(0) - counts
     rank = torch.empty_like(order)
-    rank[order] = torch.arange(len(order)) - starts[predicted[order]]
+    rank[order] = torch.arange(len(order), device=order.device) - starts[predicted[order]]
     return rank, counts
 
 
@@ -67,7 +77,7 @@ def _kth_per_class(confidence, predicted, k: int, num_classes: int):
     rank, counts = _rank_within_class(confidence, predicted, num_classes)
     last = (counts.clamp(max=k) - 1)[predicted]
     hit = rank == last
-    thresholds = torch.zeros(num_classes, dtype=confidence.dtype)
+    thresholds = torch.zeros(num_classes, dtype=confidence.dtype, device=confidence.device)
     thresholds[predicted[hit]] = confidence[hit]
     return thresholds
 
@@ -115,7 +125,7 @@ class KeepAll(BaseSelector):
         pass
 
     def select(self, probs, indices, step):
-        return Selection(targets=probs, weights=torch.ones(probs.shape[0]))
+        return Selection(targets=probs, weights=torch.ones(probs.shape[0], device=probs.device))
 
 
 # --------------------------------------------------------------------------- FlexMatch
@@ -166,8 +176,9 @@ class FlexMatchSelector(BaseSelector):
         self.options = options
         self.num_classes = context.num_classes
         self.pool_size = context.pool_size
-        self.memory = torch.full((context.pool_size,), -1, dtype=torch.long)  # last confident class
-        self.seen = torch.zeros(context.pool_size, dtype=torch.bool)  # drawn at least once
+        self.device = _float64_device(context, "flexmatch")
+        self.memory = torch.full((context.pool_size,), -1, dtype=torch.long, device=self.device)  # last confident class
+        self.seen = torch.zeros(context.pool_size, dtype=torch.bool, device=self.device)  # drawn at least once
         self.warmup_end = math.ceil(options.warmup_fraction * context.steps)
         self.step = 0  # the last step selected, for the warm-up and for stats()
 
@@ -183,7 +194,7 @@ class FlexMatchSelector(BaseSelector):
         used = self.memory >= 0
         sigma = torch.bincount(self.memory[used], minlength=self.num_classes).double()
         denominator = max(float(sigma.max()), self._unused(used))
-        return sigma / denominator if denominator > 0 else torch.zeros(self.num_classes, dtype=torch.float64)
+        return sigma / denominator if denominator > 0 else torch.zeros(self.num_classes, dtype=torch.float64, device=self.device)
 
     def class_thresholds(self):
         beta = self.learning_effect()
@@ -210,7 +221,7 @@ class FlexMatchSelector(BaseSelector):
         return {"memory": self.memory.clone(), "seen": self.seen.clone(), "step": self.step}
 
     def load_state_dict(self, state):
-        self.memory, self.seen, self.step = state["memory"].clone(), state["seen"].clone(), state["step"]
+        self.memory, self.seen, self.step = state["memory"].to(self.device, copy=True), state["seen"].to(self.device, copy=True), state["step"]
 
 
 # --------------------------------------------------------------------------- FreeMatch
@@ -244,8 +255,9 @@ class FreeMatchSelector(BaseSelector):
     def __init__(self, options: FreeMatchOptions, context):
         self.m = _momentum(options.ema_momentum, context)
         self.num_classes = context.num_classes
-        self.global_threshold = torch.tensor(1.0 / context.num_classes, dtype=torch.float64)
-        self.local = torch.full((context.num_classes,), 1.0 / context.num_classes, dtype=torch.float64)
+        self.device = _float64_device(context, "freematch")
+        self.global_threshold = torch.tensor(1.0 / context.num_classes, dtype=torch.float64, device=self.device)
+        self.local = torch.full((context.num_classes,), 1.0 / context.num_classes, dtype=torch.float64, device=self.device)
 
     def class_thresholds(self):
         return self.local / self.local.max() * self.global_threshold
@@ -267,7 +279,7 @@ class FreeMatchSelector(BaseSelector):
         return {"global_threshold": self.global_threshold.clone(), "local": self.local.clone()}
 
     def load_state_dict(self, state):
-        self.global_threshold, self.local = state["global_threshold"].clone(), state["local"].clone()
+        self.global_threshold, self.local = state["global_threshold"].to(self.device, copy=True), state["local"].to(self.device, copy=True)
 
 
 # --------------------------------------------------------------------------- SoftMatch
@@ -312,6 +324,7 @@ class SoftMatchSelector(BaseSelector):
         self.options = options
         self.m = _momentum(options.ema_momentum, context)
         self.num_classes = context.num_classes
+        self.device = _float64_device(context, "softmatch")
         self.mu, self.variance = 1.0 / context.num_classes, 1.0
         self.p_bar = None  # the EMA of mean probabilities, started at the first batch (as in USB)
 
@@ -341,7 +354,7 @@ class SoftMatchSelector(BaseSelector):
 
     def load_state_dict(self, state):
         self.mu, self.variance = float(state["mu"]), float(state["variance"])
-        self.p_bar = None if state["p_bar"] is None else state["p_bar"].clone()
+        self.p_bar = None if state["p_bar"] is None else state["p_bar"].to(self.device, copy=True)
 
 
 # --------------------------------------------------------------------------- Curriculum Labeling
@@ -374,7 +387,8 @@ class CurriculumSelector(BaseSelector):
     def __init__(self, options: CurriculumOptions, context):
         self.increment = options.increment
         self.round_steps = max(1, math.ceil(context.steps * options.increment))
-        self.memory = torch.full((context.pool_size,), float("nan"))  # latest confidence per example
+        self.device = torch.device(context.device)
+        self.memory = torch.full((context.pool_size,), float("nan"), device=self.device)  # latest confidence per example
         self.round = -1
         self.round_threshold = float("nan")  # from the memory, fixed for the round; NaN = use the batch
         self.threshold = 0.0  # the last one used, for stats
@@ -409,7 +423,7 @@ class CurriculumSelector(BaseSelector):
                 "threshold": self.threshold}
 
     def load_state_dict(self, state):
-        self.memory = state["memory"].clone()
+        self.memory = state["memory"].to(self.device, copy=True)
         self.round, self.round_threshold, self.threshold = int(state["round"]), float(state["round_threshold"]), float(state["threshold"])
 
 
@@ -515,11 +529,12 @@ class TopKSelector(BaseSelector):
         self.options = options
         self.num_classes, self.pool_size, self.steps = context.num_classes, context.pool_size, context.steps
         self.per_step = context.unlabeled_batch_size  # 0: taken from the first batch
-        self.memory_class = torch.full((context.pool_size,), -1, dtype=torch.long)
-        self.memory_confidence = torch.zeros(context.pool_size)
+        self.device = torch.device(context.device)
+        self.memory_class = torch.full((context.pool_size,), -1, dtype=torch.long, device=self.device)
+        self.memory_confidence = torch.zeros(context.pool_size, device=self.device)
         self.round = -1
         self.round_active = False  # thresholds from the memory are in force
-        self.thresholds = torch.zeros(context.num_classes)  # in force (round) or the last batch's cutoffs
+        self.thresholds = torch.zeros(context.num_classes, device=self.device)  # in force (round) or the last batch's cutoffs
 
     def round_steps(self) -> int:
         return max(1, min(math.ceil(self.pool_size / max(self.per_step, 1)), math.ceil(0.1 * self.steps)))
@@ -565,9 +580,9 @@ class TopKSelector(BaseSelector):
                 "per_step": self.per_step}
 
     def load_state_dict(self, state):
-        self.memory_class, self.memory_confidence = state["memory_class"].clone(), state["memory_confidence"].clone()
+        self.memory_class, self.memory_confidence = state["memory_class"].to(self.device, copy=True), state["memory_confidence"].to(self.device, copy=True)
         self.round, self.round_active = int(state["round"]), bool(state["round_active"])
-        self.thresholds, self.per_step = state["thresholds"].clone(), int(state["per_step"])
+        self.thresholds, self.per_step = state["thresholds"].to(self.device, copy=True), int(state["per_step"])
 
 
 @hookimpl

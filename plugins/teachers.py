@@ -10,6 +10,7 @@ read ``batch.inputs`` (the student's tokens); teachers with their own backbone t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -35,14 +36,123 @@ def _probabilities(model, inputs: dict, dropout: bool, temperature: float = 1.0)
 
 
 def _frozen_copy(model):
-    """A deep copy that no optimizer will touch: no gradients, eval mode."""
+    """A copy that no optimizer will touch: no gradients, eval mode. A deep copy, or, for a student
+    with frozen parameters (a LoRA model), a ``TrainableCopy``: its trainable tensors only."""
+    if _shares_base(model):
+        return TrainableCopy(model).requires_grad_(False).eval()
     return copy.deepcopy(model).requires_grad_(False).eval()
 
 
-def _own_tokenizer(tokenizer, max_length: int):
-    """Pad to the longest text of the batch, as the student's tokenizer does."""
-    return lambda texts: dict(tokenizer(texts, padding="longest", truncation=True, max_length=max_length,
-                                        return_tensors="pt"))
+def _shares_base(model) -> bool:
+    """True for a student that trains some of its parameters and freezes the rest (a LoRA model:
+    adapters and head train, the base is frozen). Its copies share the frozen part: the optimizer
+    never touches a parameter without gradient, so what is frozen is the same in every copy."""
+    trains = {p.requires_grad for p in model.parameters()}
+    return trains == {True, False}
+
+
+class TrainableCopy:
+    """A copy of a student that owns only the student's trainable tensors (a LoRA model's adapters
+    and head) and shares the rest of it: a call runs the student's own modules with this copy's
+    tensors put in place of the student's, and puts the student's back afterwards, whatever happens.
+    So an EMA teacher of an 8B LoRA model holds its own adapters and head, not a second 8B base.
+
+    It has the interface teachers use of a model: ``copy(**inputs)``, ``train``/``eval`` (its own
+    mode; the student's comes back after every call), ``parameters`` (its tensors), ``buffers``
+    (none: buffers are shared; a LoRA transformer's are constants, e.g. rotary frequencies),
+    ``requires_grad_``, ``state_dict``/``load_state_dict`` (its tensors by the student's parameter
+    names). ``copy_from(student)`` takes the student's current values; ``sources(student)`` lists the
+    student's tensors in this copy's order.
+
+    Swapping replaces entries of the modules' parameter tables (no data moves, nothing in place),
+    so the student's autograd graph of the step in progress is untouched; a backward pass that
+    should reach this copy's tensors (a co-training peer) runs inside ``swapped()``, since
+    gradient checkpointing recomputes the forward pass there.
+    """
+
+    def __init__(self, student, requires_grad: bool = False):
+        self.student, self.training = student, False
+        named = [(name, p) for name, p in student.named_parameters() if p.requires_grad]
+        self.names = [name for name, _ in named]
+        self._sources = [p for _, p in named]
+        self.tensors = [torch.nn.Parameter(p.detach().clone(), requires_grad=requires_grad) for _, p in named]
+        index = {id(p): i for i, p in enumerate(self._sources)}
+        # every module attribute that holds a trainable tensor (a tied tensor sits in several modules)
+        self.slots = [(module, attr, index[id(p)]) for module in student.modules()
+                      for attr, p in module._parameters.items() if p is not None and id(p) in index]
+
+    @contextlib.contextmanager
+    def swapped(self):
+        """The student running as this copy: its modules hold this copy's tensors, in this copy's mode."""
+        mode = self.student.training
+        saved = [(module, attr, module._parameters[attr]) for module, attr, _ in self.slots]
+        try:
+            for module, attr, i in self.slots:
+                module._parameters[attr] = self.tensors[i]
+            self.student.train(self.training)
+            yield self.student
+        finally:
+            for module, attr, tensor in saved:
+                module._parameters[attr] = tensor
+            self.student.train(mode)
+
+    def __call__(self, **inputs):
+        with self.swapped() as model:
+            return model(**inputs)
+
+    def sources(self, student) -> list:
+        if student is self.student:
+            return self._sources
+        params = dict(student.named_parameters())
+        return [params[name] for name in self.names]
+
+    @torch.no_grad()
+    def copy_from(self, student) -> None:
+        torch._foreach_copy_(self.tensors, [p.detach() for p in self.sources(student)])
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def parameters(self):
+        return iter(self.tensors)
+
+    def buffers(self):
+        return iter(())
+
+    def requires_grad_(self, requires_grad: bool = True):
+        for tensor in self.tensors:
+            tensor.requires_grad_(requires_grad)
+        return self
+
+    def state_dict(self) -> dict:
+        return {name: tensor.detach() for name, tensor in zip(self.names, self.tensors)}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != set(self.names):
+            odd = sorted(set(state) ^ set(self.names))[:3]
+            raise ValueError(f"this state is not of this student's trainable tensors (differing names, e.g. {odd}): "
+                             "a checkpoint of another config or model")
+        torch._foreach_copy_(self.tensors, [state[name] for name in self.names])
+
+
+def _device(model) -> torch.device:
+    return next(iter(model.parameters())).device
+
+
+def _running(model):
+    """``with _running(model) as m``: the module to run a forward and backward pass on."""
+    return model.swapped() if isinstance(model, TrainableCopy) else contextlib.nullcontext(model)
+
+
+def _own_tokenizer(tokenizer, max_length: int, device: str = "cpu"):
+    """Pad to the longest text of the batch, as the student's tokenizer does; tensors on ``device``."""
+    return lambda texts: {key: value.to(device) for key, value in
+                          tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt").items()}
 
 
 def _labeled_or_error(context, teacher: str):
@@ -117,6 +227,9 @@ class EmaTeacher(BaseTeacher):
     until t + 1 reaches τ = 1/(1 − α), so early on it is not anchored to the random initialisation.
     Buffers (e.g. BatchNorm statistics, position ids) are copied from the student, not averaged.
     ``decay`` defaults to a budget-aware α (``RunContext.budget_momentum``), not 0.999.
+    For a student with frozen parameters (LoRA) the teacher averages the trainable tensors only
+    and shares the frozen base (``TrainableCopy``): the average of a constant is that constant, so
+    the result is the same, bit for bit, as averaging a whole copy.
     """
 
     def __init__(self, options: EmaOptions, context):
@@ -134,7 +247,8 @@ class EmaTeacher(BaseTeacher):
     def update(self, student, step, training):
         alpha = min(self.decay, 1.0 - 1.0 / (step + 1))
         # θ' ← θ' + (1 − α)(θ − θ') = α θ' + (1 − α) θ, all tensors in one fused call
-        torch._foreach_lerp_(self.params, [p.detach() for p in student.parameters()], 1.0 - alpha)
+        sources = self.model.sources(student) if isinstance(self.model, TrainableCopy) else student.parameters()
+        torch._foreach_lerp_(self.params, [p.detach() for p in sources], 1.0 - alpha)
         for mine, theirs in zip(self.buffers, student.buffers()):
             mine.copy_(theirs)
 
@@ -177,7 +291,10 @@ class SnapshotTeacher(BaseTeacher):
         student = context.student
         self.every, self.steps, self.dropout = math.ceil(context.steps / options.rounds), context.steps, options.dropout
         self.model = _frozen_copy(student)
-        self.initial = {k: v.detach().clone() for k, v in student.state_dict().items()} if options.reinit_student else None
+        self.initial = None
+        if options.reinit_student:  # a LoRA student restarts its adapters and head; its frozen base never moved
+            self.initial = (self.model.state_dict() if isinstance(self.model, TrainableCopy) else student.state_dict())
+            self.initial = {k: v.detach().clone() for k, v in self.initial.items()}
         self.refreshed_at: list[int] = []
 
     def probs(self, batch, stochastic=False):
@@ -187,10 +304,16 @@ class SnapshotTeacher(BaseTeacher):
     def update(self, student, step, training):
         if step % self.every or step >= self.steps:
             return
-        self.model.load_state_dict(student.state_dict())
+        if isinstance(self.model, TrainableCopy):
+            self.model.copy_from(student)
+        else:
+            self.model.load_state_dict(student.state_dict())
         self.refreshed_at.append(step)
         if self.initial is not None:
-            student.load_state_dict(self.initial)  # in place: the optimizer still holds these parameters
+            if isinstance(self.model, TrainableCopy):  # in place: the optimizer still holds these parameters
+                torch._foreach_copy_([p.detach() for p in self.model.sources(student)], [self.initial[k] for k in self.model.names])
+            else:
+                student.load_state_dict(self.initial)  # in place: the optimizer still holds these parameters
             training.restart()  # but its moments belonged to the old weights
 
     def state_dict(self):  # ``initial`` is the student as its factory saw it: the same on resume
@@ -230,6 +353,8 @@ class ModelTeacher(BaseTeacher):
     The backbones may differ (e.g. a larger teacher): the teacher tokenizes the texts itself.
     """
 
+    fixed = True  # trained before the run, then frozen
+
     def __init__(self, options: ModelOptions, context):
         labeled = _labeled_or_error(context, "model")
         self.temperature = options.temperature
@@ -237,13 +362,14 @@ class ModelTeacher(BaseTeacher):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(context.seed)
             self.model, tokenizer = _load_or_error(context, options.backbone, "model")
-            self.tokens = _own_tokenizer(tokenizer, options.max_length)
+            self.model.to(context.device)  # where the student is: its probabilities meet the student's logits
+            self.tokens = _own_tokenizer(tokenizer, options.max_length, context.device)
             self._fine_tune(labeled, options, np.random.default_rng(context.seed))
         self.model.requires_grad_(False).eval()
 
     def _fine_tune(self, labeled, options: ModelOptions, rng):
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.lr)
-        labels = torch.as_tensor(np.asarray(labeled.labels), dtype=torch.long)
+        labels = torch.as_tensor(np.asarray(labeled.labels), dtype=torch.long, device=_device(self.model))
         batches = Sampler(len(labeled), options.batch_size, rng)
         self.model.train()
         for _ in range(options.steps):
@@ -279,6 +405,30 @@ def reinit_head(model) -> None:
             for sub in module.modules():
                 if hasattr(sub, "reset_parameters"):
                     sub.reset_parameters()
+
+
+@torch.no_grad()
+def _reinit_copy_head(peer: TrainableCopy) -> None:
+    """``reinit_head`` for a LoRA peer: re-initialise, with the current torch RNG and the model's own
+    initialiser, the head tensors the peer owns (peft's trained copy of the head, never the frozen
+    original it keeps beside it), writing into the peer's tensors, not the student's."""
+    student = peer.student
+    base = student.get_base_model() if hasattr(student, "get_base_model") else student
+    prefix = getattr(base, "base_model_prefix", None)
+    head = {module for name, child in base.named_children() if name != prefix for module in child.modules()}
+    owned = []  # modules whose tensors the peer owns, in the student's module order (the RNG draws in that order)
+    for module, _, _ in peer.slots:
+        if module in head and module not in owned:
+            owned.append(module)
+    if not owned:
+        raise UserError(f"teacher 'cotrain': found no trainable head in {type(base).__name__} to re-initialise for the peer.")
+    init = getattr(base, "_init_weights", None)
+    with peer.swapped():
+        for module in owned:
+            if callable(init):
+                init(module)
+            elif hasattr(module, "reset_parameters"):
+                module.reset_parameters()
 
 
 @dataclass(frozen=True)
@@ -327,17 +477,22 @@ class CotrainTeacher(BaseTeacher):
             torch.manual_seed(context.seed + 1)
             if options.backbone:
                 self.peer, tokenizer = _load_or_error(context, options.backbone, "cotrain")
-                self.tokens, self.own_tokens = _own_tokenizer(tokenizer, options.max_length), True
+                self.peer.to(context.device)  # where the student is: its probabilities meet the student's logits
+                self.tokens, self.own_tokens = _own_tokenizer(tokenizer, options.max_length, context.device), True
             else:
                 if context.tokenize is None:
                     raise UserError("teacher 'cotrain' with a copy of the student needs the student's tokenizer "
                                     "(RunContext.tokenize); the training loop provides it.")
-                self.peer = copy.deepcopy(student)
-                reinit_head(self.peer)
+                if _shares_base(student):  # a LoRA student: a peer of its own adapters and head on the shared base
+                    self.peer = TrainableCopy(student, requires_grad=True)
+                    _reinit_copy_head(self.peer)
+                else:
+                    self.peer = copy.deepcopy(student)
+                    reinit_head(self.peer)
                 self.tokens, self.own_tokens = context.tokenize, False
         self.peer.requires_grad_(True).eval()
         self.optimizer = torch.optim.AdamW(self.peer.parameters(), lr=options.lr)
-        self.labels = torch.as_tensor(np.asarray(self.labeled.labels), dtype=torch.long)
+        self.labels = torch.as_tensor(np.asarray(self.labeled.labels), dtype=torch.long, device=_device(self.peer))
         self.batches = Sampler(len(self.labeled), options.batch_size, np.random.default_rng(context.seed + 1))
         self.remembered = None  # the last weak-view batch the student was taught on
         self.pseudo_labels = 0  # how many of the student's pseudo-labels the peer used in its last step
@@ -360,11 +515,12 @@ class CotrainTeacher(BaseTeacher):
             targets.append(label[keep])
             unlabeled, self.pseudo_labels, self.remembered = len(self.remembered.texts), len(keep), None
         self.peer.train()
-        per_example = F.cross_entropy(self.peer(**self.tokens(texts)).logits, torch.cat(targets), reduction="none")
-        n = len(idx)
-        loss = per_example[:n].mean() + (per_example[n:].sum() / unlabeled if unlabeled else 0.0)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with _running(self.peer) as peer:  # backward too: gradient checkpointing reruns the peer's forward there
+            per_example = F.cross_entropy(peer(**self.tokens(texts)).logits, torch.cat(targets), reduction="none")
+            n = len(idx)
+            loss = per_example[:n].mean() + (per_example[n:].sum() / unlabeled if unlabeled else 0.0)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         self.optimizer.step()
         self.peer.eval()
 

@@ -80,6 +80,7 @@ def run(ctx, args, out_dir, force, quiet):
                f"macro-F1 {result['test_macro_f1']:.4f}, {result['wall_seconds']:.0f} s\n"
                + (f"  pseudo-labels: {result['mask_rate']:.1%} of unlabeled examples selected, "
                   f"{_fmt(result['pseudo_label_accuracy'], '.1%')} of those correct\n" if result.get("mask_rate") is not None else "")
+               + (f"  on {result['device']}, {result['precision']}\n" if result.get("device") else "")
                + f"  run directory: {run_dir}")
 
 
@@ -169,7 +170,10 @@ def datasets(ctx, as_json):
 @click.argument("args", nargs=-1)
 @click.option("--out", "out_dir", default="runs", show_default=True, type=click.Path(file_okay=False),
               help="Cells go to OUT/<run_id>/, shared with `testbed run` and other grids.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Cells run in parallel.")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Cells run in parallel  [default: 1, or one per --devices].")
+@click.option("--devices", default=None, metavar="LIST",
+              help="Accelerators for the workers, e.g. 0,1,2,3 (cuda:0-3): each worker holds one and runs its cells there, "
+                   "one cell per device at a time; cells that leave train.device unset run on them.")
 @click.option("--executor", default="local", show_default=True, help="serial, local, dask, or an executor plugin.")
 @click.option("--executor-option", "-X", "executor_options", multiple=True, metavar="KEY=VALUE",
               help="An option of the executor (repeatable), e.g. -X start_method=forkserver, -X scheduler=tcp://HOST:8786 (dask).")
@@ -180,7 +184,7 @@ def datasets(ctx, as_json):
               help="Log every cell to these trackers too, e.g. mlflow,tensorboard (sets $TESTBED_TRACKERS).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def grid(ctx, args, out_dir, workers, executor, executor_options, dry_run, force, retry_failed, trackers, quiet):
+def grid(ctx, args, out_dir, workers, devices, executor, executor_options, dry_run, force, retry_failed, trackers, quiet):
     """Run an ablation grid: testbed grid [GRID.toml] [key=v1,v2 ...] [key=value ...]
 
     key=v1,v2 adds an axis (or replaces the file's); key=value sets a base value ([1,2] and "a,b"
@@ -191,17 +195,23 @@ def grid(ctx, args, out_dir, workers, executor, executor_options, dry_run, force
       testbed grid benchmarks/ablation_tiny.toml --workers 2
       testbed grid benchmarks/ablation_tiny.toml distance.name=l1,kl seed=0,1,2 --dry-run
       testbed grid benchmarks/ablation_minilm.toml --executor dask -X scheduler=tcp://HOST:8786
+      testbed grid benchmarks/ablation_minilm.toml --devices 0,1,2,3 train.precision=bf16
     """
     from testbed.config import parse_overrides
-    from testbed.grid import expand, load_grid, run_grid, save_grid_file, status_table
+    from testbed.grid import expand, load_grid, parse_devices, run_grid, save_grid_file, status_table
 
+    devices = parse_devices(devices) if devices is not None else ()
+    if devices and workers is not None and workers > len(devices):
+        raise UserError(f"--workers {workers} with {len(devices)} devices: one cell runs on a device at a time, "
+                        f"so at most {len(devices)} workers.")
+    workers = workers or len(devices) or 1
     files = [a for a in args if "=" not in a]
     if len(files) > 1:
         raise UserError(f"Expected at most one grid file and key=value overrides, got files {files}.")
     spec = load_grid(files[0] if files else None, [a for a in args if "=" in a])
     options = {key: value for key, value in _flatten(parse_overrides(list(executor_options)))}
     reg = registry(ctx)
-    cells = expand(spec, reg)  # every cell resolved and checked before anything runs
+    cells = expand(spec, reg, devices)  # every cell resolved and checked before anything runs
     if dry_run:
         lines, counts = status_table(cells, out_dir)
         click.echo("\n".join(lines))
@@ -215,7 +225,8 @@ def grid(ctx, args, out_dir, workers, executor, executor_options, dry_run, force
     plugins_dirs = list(obj["plugins_dirs"])
     report = run_grid(cells, reg, out_dir, executor=executor, workers=workers, executor_options=options, force=force,
                       retry_failed=retry_failed, plugins_dirs=plugins_dirs, strict=bool(obj["strict"]), progress=not quiet,
-                      echo=click.echo if quiet else None, env={"TESTBED_TRACKERS": trackers} if trackers is not None else None)
+                      echo=click.echo if quiet else None, env={"TESTBED_TRACKERS": trackers} if trackers is not None else None,
+                      devices=devices)
     click.echo(report.summary())
     click.echo(f"  results: testbed results {out_dir}")
     if not report.complete:

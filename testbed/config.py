@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import tomllib
 import types
 import typing
@@ -66,6 +67,8 @@ class TrainConfig:
     # steps between mid-run checkpoints (taken at evaluations, so a multiple of eval_every is exact); 0 = at the
     # first evaluation after every 10 minutes of training; -1 = never. Not part of the run id: it never changes numbers.
     checkpoint_every: int = 0
+    device: str = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps; the student and all run state live there
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast dtype of the forward passes (fp16 with a GradScaler)
 
     def __post_init__(self):
         for key in ("steps", "batch_size", "eval_every", "eval_batch_size"):
@@ -78,6 +81,14 @@ class TrainConfig:
             raise ValueError(f"train.lr must be positive, got {self.lr}")
         if self.checkpoint_every < -1:
             raise ValueError(f"train.checkpoint_every must be -1 (never), 0 (every ~10 minutes) or a number of steps, got {self.checkpoint_every}")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ValueError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 CORE_SECTIONS = {"dataset": DatasetConfig, "backbone": BackboneConfig, "train": TrainConfig}
@@ -103,7 +114,11 @@ DEFAULTS: dict[str, Any] = {
     "schedule": {"name": "constant"},
     "tsa": {"name": "constant", "weight": 1.0},  # η = 1: no labeled example is ever masked
 }
-NOT_IN_RUN_ID = {("train", "threads"), ("train", "checkpoint_every")}  # how a run runs, not what it computes
+# how a run runs, not what it computes (gradient checkpointing recomputes activations: same numbers, tested)
+NOT_IN_RUN_ID = {("train", "threads"), ("train", "checkpoint_every"), ("backbone", "gradient_checkpointing")}
+# keys added after runs existed: at these values they leave the hash as it was, so those runs keep their ids
+IN_RUN_ID_UNLESS = {("train", "device"): "auto", ("train", "precision"): "fp32",
+                    ("backbone", "lora"): {"r": 0, "alpha": 16.0, "dropout": 0.05, "target_modules": ""}}
 
 
 @dataclass(frozen=True)
@@ -135,6 +150,12 @@ def run_id(resolved: dict) -> str:
     data = json.loads(json.dumps(resolved))
     for section, key in NOT_IN_RUN_ID:
         data.get(section, {}).pop(key, None)
+    for (section, key), value in IN_RUN_ID_UNLESS.items():
+        if data.get(section, {}).get(key) == value:
+            data[section].pop(key)
+    train = data.get("train", {})
+    if str(train.get("device", "")).startswith("cuda:"):  # which GPU of a machine is placement (a grid spreads cells over
+        train["device"] = "cuda"  # --devices), not what the run computes: cuda:N hashes as cuda
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

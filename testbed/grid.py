@@ -27,10 +27,12 @@ The run id of a cell is the hash of its resolved config, so a cell that is alrea
 from __future__ import annotations
 
 import copy
+import fcntl
 import hashlib
 import itertools
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -319,16 +321,41 @@ def cell_config(base: dict, values: dict) -> dict:
     return merge(base, layer)
 
 
-def expand(grid: Grid, registry) -> list[Cell]:
+def parse_devices(text: str) -> tuple[str, ...]:
+    """``--devices 0,1,2,3`` -> cuda:0 ... cuda:3; device names (``cuda:1``, ``cpu``, ``mps``) are taken
+    as they are. One kind of device, each once: a worker holds one of them for its whole life."""
+    from testbed.config import DEVICE_PATTERN
+
+    devices = tuple(f"cuda:{d}" if d.isdigit() else d for d in (piece.strip() for piece in text.split(",")))
+    for device in devices:
+        if device == "auto" or not DEVICE_PATTERN.fullmatch(device):
+            raise UserError(f"--devices takes CUDA device numbers (0,1,2,3) or device names (cuda:0, cpu, mps), got {device!r}.")
+    if len(set(devices)) < len(devices):
+        raise UserError(f"--devices names a device twice ({text}): one cell runs on a device at a time.")
+    if len({device_kind(d) for d in devices}) > 1:
+        raise UserError(f"--devices mixes kinds of device ({text}); give one kind, e.g. 0,1,2,3.")
+    return devices
+
+
+def device_kind(device: str) -> str:
+    """``cuda:3`` -> ``cuda``: what a cell's run id sees of its device (the index is placement)."""
+    return device.partition(":")[0]
+
+
+def expand(grid: Grid, registry, devices: tuple[str, ...] = ()) -> list[Cell]:
     """Every cell, resolved and checked through ``testbed.config.resolve``; the first bad
-    cell stops everything with a UserError naming it. Cells with the same run id are one."""
-    from testbed.config import resolve
+    cell stops everything with a UserError naming it. Cells with the same run id are one.
+    With ``devices``, a cell that leaves train.device unset (or ``auto``) runs on their kind
+    (``cuda``): each worker then puts it on the device it holds."""
+    from testbed.config import resolve, set_dotted
 
     combos = combinations(grid)
     cells: list[Cell] = []
     seen: set[str] = set()
     for number, values in enumerate(combos, 1):
         user = cell_config(grid.base, values)
+        if devices and (user.get("train") or {}).get("device", "auto") == "auto":
+            set_dotted(user, "train.device", device_kind(devices[0]))
         try:
             cfg = resolve(user, registry)
         except UserError as exc:
@@ -369,6 +396,7 @@ class Task:
     force: bool = False
     retry_failed: bool = False
     env: dict = field(default_factory=dict)
+    devices: tuple[str, ...] = ()  # --devices: a cell on their kind runs on the one this worker holds
 
 
 _REGISTRIES: dict = {}
@@ -419,6 +447,9 @@ def _run_cell(task: Task) -> dict:
         user = copy.deepcopy(task.user)
         if task.threads and not (user.get("train") or {}).get("threads"):
             set_dotted(user, "train.threads", task.threads)  # not part of the run id
+        if task.devices and (user.get("train") or {}).get("device") == device_kind(task.devices[0]):
+            outcome["device"] = claim_device(task.devices)
+            set_dotted(user, "train.device", outcome["device"])  # cuda:N hashes as cuda: the run id stays
         cfg = resolve(user, registry)
         if cfg.run_id != task.run_id:
             raise UserError(f"this worker resolves the cell to run id {cfg.run_id}, not {task.run_id}: "
@@ -435,6 +466,45 @@ def _run_cell(task: Task) -> dict:
         return {**outcome, "status": "done"}
     return {**outcome, "status": "ran", "seconds": time.perf_counter() - started,
             **{k: result.get(k) for k in ("test_accuracy", "train_seconds", "wall_seconds")}}
+
+
+_CLAIMED: dict = {}  # this process's device: {"key": (lock directory, device), "fd": the held lock}
+
+
+def device_locks_dir() -> Path:
+    """Where workers on this machine lock their devices; machine-local, shared by every grid of this user."""
+    return Path(os.environ.get("TESTBED_DEVICE_LOCKS") or Path(tempfile.gettempdir()) / f"testbed-devices-{os.getuid()}")
+
+
+def claim_device(devices: tuple[str, ...], poll: float = 0.5) -> str:
+    """The device of ``devices`` this worker process runs its cells on: the first whose lock is free,
+    kept for the process's life (one CUDA context per worker; the kernel drops the ``flock`` when the
+    worker dies). So a device runs one cell at a time, also across grids sharing this machine; with
+    every device held, it waits."""
+    root = device_locks_dir()
+    held = _CLAIMED.get("key")
+    if held is not None and held[0] == root and held[1] in devices:
+        return held[1]
+    release_device()
+    root.mkdir(parents=True, exist_ok=True)
+    while True:
+        for device in devices:
+            fd = os.open(root / f"{device.replace(':', '-')}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            _CLAIMED.update(key=(root, device), fd=fd)
+            return device
+        time.sleep(poll)
+
+
+def release_device() -> None:
+    """Give this process's device back (closing the file drops its lock)."""
+    if "fd" in _CLAIMED:
+        os.close(_CLAIMED.pop("fd"))
+    _CLAIMED.pop("key", None)
 
 
 def available_cores() -> int:
@@ -474,9 +544,11 @@ class GridReport:
 def run_grid(cells: list[Cell], registry, out_dir: str | Path, *, executor: str = "local", workers: int = 1,
              executor_options: dict | None = None, force: bool = False, retry_failed: bool = False,
              plugins_dirs: Iterable[str | Path] = (), strict: bool = False, progress: bool = True,
-             echo: Callable[[str], None] | None = None, env: dict[str, str] | None = None) -> GridReport:
+             echo: Callable[[str], None] | None = None, env: dict[str, str] | None = None,
+             devices: tuple[str, ...] = ()) -> GridReport:
     """Run every cell that is not finished yet through the executor plugin ``executor``.
-    Workers get this process's TESTBED_*, MLFLOW_* and HF_* environment variables, and ``env``."""
+    Workers get this process's TESTBED_*, MLFLOW_* and HF_* environment variables, and ``env``.
+    With ``devices`` (cells expanded with them), each worker holds one device and runs its cells there."""
     from testbed.resources import refuse_shared_data
 
     refuse_shared_data(out_dir, "The runs directory", "Pass --out somewhere else, e.g. runs.")
@@ -521,7 +593,7 @@ def run_grid(cells: list[Cell], registry, out_dir: str | Path, *, executor: str 
                 threads = max(1, cores // max(1, workers))
             tasks = [Task(index=c.index, run_id=c.run_id, user=c.user, out_dir=str(out), label=c.describe(),
                           plugins_dirs=dirs, strict=strict, threads=threads, force=force,
-                          retry_failed=retry_failed, env=env) for c in todo]
+                          retry_failed=retry_failed, env=env, devices=tuple(devices)) for c in todo]
             bar.set_postfix_str(_postfix(counts, len(todo)))
             for task, outcome in pool.map_unordered(run_cell, tasks):
                 if isinstance(outcome, BaseException):

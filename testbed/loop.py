@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from testbed.config import RunConfig
 from testbed.data import Split, data_dir, make_split
-from testbed.model import accuracy_and_macro_f1, predict, tokenize
+from testbed.model import accuracy_and_macro_f1, autocast, check_precision, describe_device, predict, resolve_device, to_device, tokenize
 from testbed.types import (
     BackboneContext,
     BaseSelector,
@@ -48,6 +48,7 @@ class Parts:
     schedule: Callable[[int], float]
     tsa: Callable[[int], float]
     views: Views  # weak and strong views of the pool, cached on disk (testbed.views)
+    device: str = "cpu"  # train.device resolved: where the student and all run state live
 
 
 def backbone_context(registry, num_labels: int) -> BackboneContext:
@@ -77,18 +78,44 @@ def prepare(cfg: RunConfig, registry=None) -> Parts:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)  # the classifier head's initialisation
+    device = resolve_device(cfg.train.device)
+    check_precision(device, cfg.train.precision)
     backbones = backbone_context(registry, split.num_classes)
     student, tokenizer = build("backbone", backbones)
+    student.to(device)  # before the teacher is built: teachers that copy the student land on its device
     ctx = RunContext(num_classes=split.num_classes, pool_size=len(split.pool_texts), steps=cfg.train.steps, seed=cfg.seed,
                      labeled=split.labeled, unlabeled_batch_size=cfg.train.batch_size * cfg.train.unlabeled_ratio,
-                     load_backbone=backbones.load_backbone,
-                     tokenize=lambda texts: tokenize(tokenizer, texts, cfg.backbone.max_length))
+                     load_backbone=backbones.load_backbone, device=device, label_names=tuple(split.label_names),
+                     tokenize=lambda texts: to_device(tokenize(tokenizer, texts, cfg.backbone.max_length), device))
     views = open_views(cfg, split.pool_texts, registry)
     return Parts(
-        split=split, student=student, tokenizer=tokenizer, views=views,
+        split=split, student=student, tokenizer=tokenizer, views=views, device=device,
         teacher=build("teacher", TeacherContext(**vars(ctx), student=student)),
         selector=build("selector", ctx), distance=build("distance", ctx), schedule=build("schedule", ctx), tsa=build("tsa", ctx),
     )
+
+
+class AutocastTeacher(BaseTeacher):
+    """The run's teacher as the selector sees it: its forward passes under the run's autocast, its
+    probabilities back in fp32, so the selectors' thresholds and EMAs keep their precision."""
+
+    def __init__(self, teacher: BaseTeacher, autocast: Callable[[], Any]):
+        self.teacher, self.autocast = teacher, autocast
+
+    def probs(self, batch: TextBatch, stochastic: bool = False):
+        with self.autocast():
+            return self.teacher.probs(batch, stochastic).float()
+
+
+@torch.no_grad()
+def teacher_test_scores(parts: Parts, cfg: RunConfig, teacher: BaseTeacher, tokens: Callable) -> dict[str, float]:
+    """A fixed teacher's own test accuracy and macro-F1: what its pseudo-labels are worth, beside the student's."""
+    texts, size = parts.split.test.texts, cfg.train.eval_batch_size
+    if not texts:
+        return {}
+    probs = torch.cat([teacher.probs(TextBatch(texts[i : i + size], tokens)).cpu() for i in range(0, len(texts), size)])
+    accuracy, macro_f1 = accuracy_and_macro_f1(probs.numpy(), parts.split.test.labels, parts.split.num_classes)
+    return {"teacher_test_accuracy": accuracy, "teacher_test_macro_f1": macro_f1}
 
 
 class PseudoLabelTally:
@@ -109,6 +136,7 @@ class PseudoLabelTally:
         self.steps += 1
 
     def add_unlabeled(self, weights, targets, teacher_probs, gold: np.ndarray, unsup_loss: float):
+        weights, targets, teacher_probs = weights.cpu(), targets.cpu(), teacher_probs.cpu()  # counted in numpy
         chosen = (weights > 0).numpy()
         known = gold >= 0
         hit = targets.argmax(-1).numpy() == gold  # the pseudo-label the student is trained toward
@@ -156,7 +184,8 @@ def evaluate(parts: Parts, cfg: RunConfig, probs_out: dict | None = None) -> dic
         if len(texts) == 0:
             out[f"{prefix}_accuracy"] = out[f"{prefix}_macro_f1"] = None
             continue
-        probs = predict(parts.student, parts.tokenizer, texts.texts, cfg.backbone.max_length, cfg.train.eval_batch_size)
+        probs = predict(parts.student, parts.tokenizer, texts.texts, cfg.backbone.max_length, cfg.train.eval_batch_size,
+                        cfg.train.precision)
         if probs_out is not None:
             probs_out[prefix] = probs
         out[f"{prefix}_accuracy"], out[f"{prefix}_macro_f1"] = accuracy_and_macro_f1(probs, texts.labels, parts.split.num_classes)
@@ -188,10 +217,16 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
     labeled = Sampler(len(split.labeled), t.batch_size, np.random.default_rng(seeds[0]))
     unlabeled_batch = t.batch_size * t.unlabeled_ratio
     unlabeled = Sampler(len(split.pool_texts), unlabeled_batch, np.random.default_rng(seeds[1])) if unlabeled_batch and split.pool_texts else None
-    labels = torch.as_tensor(split.labeled.labels)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    device = parts.device
+    labels = torch.as_tensor(split.labeled.labels, device=device)
+    # what trains: all of a fine-tuned model, the adapters and head of a LoRA one, the head on a frozen encoder
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / t.warmup_steps) if t.warmup_steps else 1.0)
-    tokens = lambda texts: tokenize(parts.tokenizer, texts, cfg.backbone.max_length)  # noqa: E731
+    # fp16 gradients underflow without loss scaling; disabled (fp32, bf16), the scaler passes calls straight through
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=t.precision == "fp16")
+    half = lambda: autocast(device, t.precision)  # forward passes only; losses are computed in fp32  # noqa: E731
+    tokens = lambda texts: to_device(tokenize(parts.tokenizer, texts, cfg.backbone.max_length), device)  # noqa: E731
+    teacher = AutocastTeacher(parts.teacher, half)
     training = Training(optimizer, warmup)  # what a teacher that re-initialises the student restarts
 
     torch.manual_seed(cfg.seed)
@@ -203,18 +238,22 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
     first = 1
     if resume is not None:
         samplers = {"labeled": labeled, "unlabeled": unlabeled}
-        first, seconds = restore(resume, student, optimizer, warmup, parts, samplers, whole_run)
+        first, seconds = restore(resume, student, optimizer, warmup, parts, samplers, whole_run, scaler)
         best, record, last_probs, best_probs = (resume[k] for k in ("best", "record", "last_probs", "best_probs"))
         started, eval_seconds, augment_seconds = started - seconds["elapsed"], seconds["eval"], seconds["augment"]
     saved_at, saved_step = time.perf_counter(), first - 1
+    teacher_scores = teacher_test_scores(parts, cfg, teacher, tokens) if parts.teacher.fixed else {}
     bar = tqdm(range(first, t.steps + 1), desc=f"{cfg.method} seed={cfg.seed}", disable=not progress, leave=False,
                initial=first - 1, total=t.steps)
     for step in bar:
         idx = labeled.next()
-        logits = student(**tokens([split.labeled.texts[i] for i in idx])).logits
-        per_example = F.cross_entropy(logits, labels[idx], reduction="none")
+        y = labels[torch.as_tensor(idx, device=device)]
+        with half():
+            logits = student(**tokens([split.labeled.texts[i] for i in idx])).logits
+        logits = logits.float()
+        per_example = F.cross_entropy(logits, y, reduction="none")
         eta = parts.tsa(step)  # UDA's TSA: drop examples whose correct-class probability exceeds η
-        keep = (logits.detach().softmax(-1).gather(1, labels[idx, None]).squeeze(1) <= eta).float()
+        keep = (logits.detach().softmax(-1).gather(1, y[:, None]).squeeze(1) <= eta).float()
         loss = (per_example * keep).sum() / keep.sum().clamp(min=1)
         tally.add_labeled(float(loss.detach()), float(keep.mean()))
         weight = parts.schedule(step)
@@ -223,16 +262,18 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
             drawing = time.perf_counter()
             weak, strong = parts.views.draw(uidx)  # variant (draws of the text) mod K, from the cache or computed
             augment_seconds += time.perf_counter() - drawing
-            chosen = parts.selector.choose(parts.teacher, TextBatch(weak, tokens), torch.as_tensor(uidx), step)
+            chosen = parts.selector.choose(teacher, TextBatch(weak, tokens), torch.as_tensor(uidx, device=device), step)
             targets, weights = chosen.targets.detach(), chosen.weights.detach()  # targets never carry gradient
-            student_logits = student(**tokens(strong)).logits
-            consistency = (parts.distance(student_logits, targets) * weights).mean()
+            with half():
+                student_logits = student(**tokens(strong)).logits
+            consistency = (parts.distance(student_logits.float(), targets) * weights).mean()
             loss = loss + weight * consistency
             for counter in (tally, whole_run):
                 counter.add_unlabeled(weights, targets, chosen.probs.detach(), split.pool_gold[uidx], float(consistency.detach()))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # skipped when fp16 gradients overflowed; the scale then shrinks
+        scaler.update()
         warmup.step()
         parts.teacher.update(student, step, training)
 
@@ -254,7 +295,7 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
             if checkpoint is not None and due and step < t.steps:
                 seconds = {"elapsed": time.perf_counter() - started, "eval": eval_seconds, "augment": augment_seconds}
                 checkpoint(snapshot(step, student, optimizer, warmup, parts, {"labeled": labeled, "unlabeled": unlabeled},
-                                    whole_run, seconds, best=best, record=record, last_probs=last_probs, best_probs=best_probs))
+                                    whole_run, seconds, scaler, best=best, record=record, last_probs=last_probs, best_probs=best_probs))
                 saved_at, saved_step = time.perf_counter(), step
 
     wall = time.perf_counter() - started
@@ -264,11 +305,12 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
         "test_accuracy_best_val": best["test_accuracy"], "test_macro_f1_best_val": best["test_macro_f1"],
         "best_val_step": best["step"], "val_accuracy_best": best["val_accuracy"],
         "mask_rate": whole_run.summary()["mask_rate"], "pseudo_label_accuracy": whole_run.summary()["pseudo_label_accuracy"],
-        "steps": t.steps, "wall_seconds": wall, "train_seconds": wall - eval_seconds, "eval_seconds": eval_seconds,
+        "steps": t.steps, "device": describe_device(device), "precision": t.precision,
+        "wall_seconds": wall, "train_seconds": wall - eval_seconds, "eval_seconds": eval_seconds,
         "label_names": list(split.label_names),  # so reports name classes without loading the dataset
         "labeled_size": len(split.labeled), "validation_size": len(split.validation),
         "unlabeled_size": len(split.pool_texts), "test_size": len(split.test),
-        "augment_seconds": augment_seconds, "pseudo_label_per_class": None if whole_run.per_class is None else
+        **teacher_scores, "augment_seconds": augment_seconds, "pseudo_label_per_class": None if whole_run.per_class is None else
         dict(zip(("selected", "correct", "gold"), whole_run.per_class.tolist())),  # per class c, over the whole run
     }, predictions={  # calibration and per-class metrics in reports
         "test_probs_last": last_probs.get("test"), "test_probs_best_val": best_probs.get("test"),
@@ -279,26 +321,44 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
 
 
 def snapshot(step: int, student, optimizer, lr_schedule, parts: Parts, samplers: dict, whole_run: PseudoLabelTally,
-             seconds: dict, **progress) -> dict:
+             seconds: dict, scaler=None, **progress) -> dict:
     """Everything a run needs to go on after ``step`` (an evaluation step, so the per-evaluation
     tallies are empty): tensors, numbers, lists and strings only, so ``torch.load(weights_only=True)``
     reads it back."""
     plain = lambda value: json.loads(json.dumps(value))  # records: numpy scalars become floats  # noqa: E731
     arrays = lambda probs: {k: torch.from_numpy(np.asarray(v)) for k, v in probs.items()}  # noqa: E731
     return {
-        "step": step, "student": student.state_dict(), "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
+        "step": step, "student": trained_state(student), "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
         "teacher": parts.teacher.state_dict(), "selector": parts.selector.state_dict(), "views": parts.views.state_dict(),
         "samplers": {name: sampler.state_dict() for name, sampler in samplers.items() if sampler is not None},
-        "whole_run": whole_run.state_dict(), "rng": torch.get_rng_state(), "seconds": seconds,
+        "whole_run": whole_run.state_dict(), "rng": torch.get_rng_state(), "device_rng": _device_rng(parts.device), "seconds": seconds,
+        "scaler": {} if scaler is None else scaler.state_dict(),  # fp16: the loss scale and its growth tracker
         "best": plain(progress["best"]), "record": plain(progress["record"]),
         "last_probs": arrays(progress["last_probs"]), "best_probs": arrays(progress["best_probs"]),
     }
 
 
-def restore(state: dict, student, optimizer, lr_schedule, parts: Parts, samplers: dict, whole_run: PseudoLabelTally) -> tuple[int, dict]:
+def frozen_names(student) -> set[str]:
+    """State-dict names of the parameters that never train (a LoRA model's base; tied copies included)."""
+    return {name for name, p in student.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def trained_state(student) -> dict:
+    """The student's state without its frozen weights: a LoRA checkpoint of an 8B model holds its
+    adapters, head and buffers, not the 8B base that ``prepare`` loads the same way again."""
+    frozen = frozen_names(student)
+    return {name: tensor for name, tensor in student.state_dict().items() if name not in frozen}
+
+
+def restore(state: dict, student, optimizer, lr_schedule, parts: Parts, samplers: dict, whole_run: PseudoLabelTally,
+            scaler=None) -> tuple[int, dict]:
     """Load ``snapshot``'s state into a run's fresh objects; (the first step to run, the seconds spent).
     The probabilities come back as numpy arrays in ``state``."""
-    student.load_state_dict(state["student"])
+    frozen = frozen_names(student)
+    loaded = student.load_state_dict(state["student"], strict=False)  # the frozen weights are prepare's, unchanged
+    if loaded.unexpected_keys or set(loaded.missing_keys) - frozen:
+        raise ValueError(f"the checkpoint's student does not fit this run's model: missing {sorted(set(loaded.missing_keys) - frozen)[:5]}, "
+                         f"unexpected {loaded.unexpected_keys[:5]}")
     optimizer.load_state_dict(state["optimizer"])
     lr_schedule.load_state_dict(state["lr_schedule"])
     parts.teacher.load_state_dict(state["teacher"])
@@ -309,6 +369,56 @@ def restore(state: dict, student, optimizer, lr_schedule, parts: Parts, samplers
             sampler.load_state_dict(state["samplers"][name])
     whole_run.load_state_dict(state["whole_run"])
     torch.set_rng_state(state["rng"])
+    if state.get("device_rng") is not None:
+        _set_device_rng(parts.device, state["device_rng"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     for key in ("last_probs", "best_probs"):
         state[key] = {k: v.numpy() for k, v in state[key].items()}
     return state["step"] + 1, state["seconds"]
+
+
+def _device_rng(device: str):
+    """The generator dropout draws from on a GPU (the CPU's is saved apart); None on the CPU."""
+    kind = torch.device(device).type
+    return torch.cuda.get_rng_state(device) if kind == "cuda" else torch.mps.get_rng_state() if kind == "mps" else None
+
+
+def _set_device_rng(device: str, state) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    elif torch.device(device).type == "mps":
+        torch.mps.set_rng_state(state)
+
+
+def misplaced_tensors(parts: Parts, state: dict, device: str) -> list[str]:
+    """Every state tensor of a run that is not on ``device``, by path: the student, the optimizer, the
+    teacher and the selector of a checkpoint ``state`` (``snapshot``), and the tensors and modules the
+    teacher and selector hold as attributes (a teacher's own model need not be in its state_dict). The
+    CPU parts of a checkpoint by design (random states, probabilities) are not looked at. What
+    scripts/gpu_check.py asserts on a GPU, and tests/test_device.py on the CPU."""
+    want = torch.device(device)
+    found: list[tuple[str, torch.Tensor]] = []
+
+    def walk(path: str, value) -> None:
+        if isinstance(value, torch.Tensor):
+            found.append((path, value))
+        elif isinstance(value, torch.nn.Module):
+            found.extend((f"{path}.{name}", t) for name, t in [*value.named_parameters(), *value.named_buffers()])
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{path}.{key}", item)
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(f"{path}[{i}]", item)
+
+    for key in ("student", "optimizer", "teacher", "selector"):
+        walk(key, state[key])
+    for name, holder in (("teacher", parts.teacher), ("selector", parts.selector)):
+        for attribute, value in vars(holder).items():
+            if isinstance(value, (torch.Tensor, torch.nn.Module)):
+                walk(f"{name}.{attribute}", value)
+    same = lambda t: t.device.type == want.type and (want.index is None or t.device.index == want.index)  # noqa: E731
+    # torch keeps Adam's step counter, a 0-d tensor, on the CPU unless the optimizer is fused or capturable (no sync per step)
+    counter = lambda path, t: path.startswith("optimizer.") and path.endswith(".step") and t.dim() == 0  # noqa: E731
+    return [f"{path} on {tensor.device}" for path, tensor in found if not same(tensor) and not counter(path, tensor)]

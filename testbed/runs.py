@@ -279,7 +279,8 @@ def read_checkpoint(run_dir: Path, run_id: str) -> dict | None:
     if not path.is_file():
         return None
     try:
-        checkpoint = torch.load(path, weights_only=True)  # tensors and plain data only: loading runs no code
+        # tensors and plain data only: loading runs no code; on the CPU first, the loop puts each piece where it lives
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
         if checkpoint["format"] != CHECKPOINT_FORMAT or checkpoint["run_id"] != run_id:
             raise ValueError(f"format {checkpoint['format']} of run {checkpoint['run_id']}, expected format "
                              f"{CHECKPOINT_FORMAT} of run {run_id}")

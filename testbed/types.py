@@ -103,6 +103,7 @@ class RunContext:
     load_backbone: Callable[[str], tuple[Any, Any]] | None = None  # name/path/hub id -> (model, tokenizer), the run's registry
     tokenize: Callable[[list[str]], dict] | None = None  # the student's tokenizer, padded to the batch
     device: str = "cpu"  # where the student lives (train.device resolved): state tensors and own models go there too
+    label_names: tuple[str, ...] = ()  # the dataset's class names, in label order (prompted teachers read them)
 
     def budget_momentum(self) -> float:
         """EMA momentum sized to this run: m = 1 - 1/τ with a time constant τ of 1% of the steps,
@@ -203,6 +204,10 @@ class Selection:
 
 class BaseTeacher:
     """Produces probabilities on the weak view. ``probs`` runs without gradient."""
+
+    #: True when ``probs`` never changes during the run (a separate model, trained or prompted before it):
+    #: the run then records the teacher's own test accuracy beside the student's
+    fixed: bool = False
 
     def probs(self, batch: TextBatch, stochastic: bool = False):
         """[B, C] probabilities for ``batch.texts`` (``batch.inputs`` holds the student's tokens).

@@ -50,6 +50,9 @@ def untimed(trained) -> tuple[dict, dict]:
     ["method=fixmatch", "selector.name=curriculum"], ["method=fixmatch", "selector.name=topk", "selector.scope=round"],
     ["method=noisy-student", "teacher.reinit_student=true", "teacher.rounds=3"], ["method=cotraining"],
     ["method=distillation", "teacher.backbone=tiny", "teacher.steps=5"],
+    # a LoRA decoder student: the teachers' state is their own adapters and head, the base is the student's
+    ["method=meanteacher", "backbone.name=tiny-decoder", "backbone.lora.r=4"],
+    ["method=cotraining", "backbone.name=tiny-decoder", "backbone.lora.r=4"],
 ], ids=lambda m: " ".join(m))
 def test_a_run_resumed_from_a_checkpoint_ends_with_the_numbers_of_an_uninterrupted_one(registry, method):
     cfg = resolve(parse_overrides([*TWELVE_STEPS, "train.checkpoint_every=3", *method]), registry)

@@ -22,6 +22,9 @@ from testbed.config import (
 from testbed.errors import UserError
 from testbed.loop import prepare
 
+# options every Hugging Face backbone has (plugins/backbones.py): LoRA off, no gradient checkpointing
+HF_MODEL_DEFAULTS = {"lora": {"r": 0, "alpha": 16.0, "dropout": 0.05, "target_modules": ""}, "gradient_checkpointing": False}
+
 
 def cfg_of(registry, *overrides: str, toml: dict | None = None):
     return resolve(merge(toml or {}, parse_overrides(list(overrides))), registry)
@@ -228,7 +231,7 @@ def test_hub_id_routes_to_the_huggingface_backbone(registry):
     assert cfg.backbone.name == "huggingface"
     assert cfg.choices["backbone"].record.name == "huggingface"
     assert cfg.choices["backbone"].options.model == "some/hub-id"
-    assert cfg.resolved["backbone"] == {"name": "huggingface", "max_length": 128, "model": "some/hub-id"}
+    assert cfg.resolved["backbone"] == {"name": "huggingface", "max_length": 128, "model": "some/hub-id", **HF_MODEL_DEFAULTS}
 
 
 def test_dataset_path_routes_to_the_files_dataset(registry, tiny_dataset_dir):
@@ -248,7 +251,8 @@ def test_resolved_config_has_every_option_with_its_default(registry):
     assert resolved["train"] == dataclasses.asdict(TrainConfig())
     assert resolved["dataset"] == dataclasses.asdict(DatasetConfig())  # trec has no options
     assert resolved["backbone"] == {**dataclasses.asdict(BackboneConfig(name="tiny")),
-                                    "layers": 2, "hidden": 128, "heads": 2, "intermediate": 512}
+                                    "layers": 2, "hidden": 128, "heads": 2, "intermediate": 512,
+                                    **HF_MODEL_DEFAULTS}
     assert resolved["augmentation"] == {"weak": {"name": "identity"},
                                         "strong": {"name": "drop_swap", "p_delete": 0.1, "p_swap": 0.1}}
     assert resolved["teacher"] == {"name": "self", "dropout": True}
@@ -286,3 +290,17 @@ def test_run_id_ignores_threads(registry):
     assert threaded.train.threads == 3 and threaded.resolved["train"]["threads"] == 3
     assert threaded.run_id == base.run_id
     assert "threads" in threaded.resolved["train"]  # dropped from the hash only, not from the config
+
+
+def test_keys_added_later_keep_the_run_ids_of_runs_made_before_them(registry):
+    from testbed.config import run_id
+
+    cfg = cfg_of(registry, "method=fixmatch", "backbone.name=tiny")
+    older = json.loads(json.dumps(cfg.resolved))  # as a config.json written before these keys existed
+    for section, key in (("backbone", "lora"), ("backbone", "gradient_checkpointing"), ("train", "device"),
+                         ("train", "precision"), ("train", "checkpoint_every")):
+        del older[section][key]
+    assert run_id(older) == cfg.run_id
+    assert cfg_of(registry, "method=fixmatch", "backbone.name=tiny", "backbone.gradient_checkpointing=true").run_id == cfg.run_id
+    assert cfg_of(registry, "method=fixmatch", "backbone.name=tiny", "backbone.lora.r=4").run_id != cfg.run_id
+    assert cfg_of(registry, "method=fixmatch", "backbone.name=tiny", "train.precision=bf16").run_id != cfg.run_id

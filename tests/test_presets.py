@@ -1,4 +1,4 @@
-"""The named methods: twelve presets, each data over the seams, each running end to end."""
+"""The named methods: thirteen presets, each data over the seams, each running end to end."""
 
 from __future__ import annotations
 
@@ -13,19 +13,19 @@ from testbed.config import parse_overrides, resolve
 from testbed.runs import execute
 
 PRESETS = ["supervised", "pseudolabel", "pimodel", "meanteacher", "uda", "fixmatch", "flexmatch", "freematch",
-           "softmatch", "noisy-student", "distillation", "cotraining"]
+           "softmatch", "noisy-student", "distillation", "cotraining", "llm-distill"]
 CATALOGUE = {
     "distance": {"l1", "l2", "kl", "ce", "js"},
     "selector": {"threshold", "flexmatch", "curriculum", "uncertainty", "freematch", "softmatch", "topk", "none"},
-    "teacher": {"self", "ema", "snapshot", "model", "cotrain"},
+    "teacher": {"self", "ema", "snapshot", "model", "cotrain", "prompt"},
     "schedule": {"constant", "linear", "sigmoid", "cosine", "decreasing", "tsa_linear", "tsa_log", "tsa_exp"},
     "preset": set(PRESETS),
 }
 # a preset's own teacher backbone would be MiniLM: a tiny one keeps the test fast
-EXTRA = {"distillation": ["teacher.backbone=tiny", "teacher.steps=3"]}
+EXTRA = {"distillation": ["teacher.backbone=tiny", "teacher.steps=3"], "llm-distill": ["teacher.model=tiny"]}
 
 
-def test_presets_command_lists_the_twelve_with_their_settings():
+def test_presets_command_lists_the_thirteen_with_their_settings():
     result = CliRunner().invoke(main, ["presets", "--json"])
     assert result.exit_code == 0, result.output
     listed = {p["name"]: p for p in json.loads(result.output)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from types import SimpleNamespace
 
@@ -427,3 +428,131 @@ def test_teachers_run_end_to_end(registry, tmp_path, extra):
         assert m["mask_rate"] == 1.0  # threshold 0: every teacher prediction becomes a pseudo-label
         assert 0 <= m["teacher_accuracy"] <= 1 and 0 < m["teacher_confidence"] <= 1
         assert math.isfinite(m["train_loss"]) and math.isfinite(m["consistency_loss"])
+
+
+# --------------------------------------------------------------------------- LoRA students: teachers own adapters and head only
+
+LORA = ["backbone.name=tiny-decoder", "backbone.layers=1", "backbone.hidden=32", "backbone.heads=2", "backbone.lora.r=4"]
+WEAK = ["a first text", "a second, longer text with more words", "three"]
+
+
+@pytest.fixture
+def lora_student(registry):
+    """A tiny-decoder student with LoRA adapters (r = 4), its tokenized batch, its trainable tensors."""
+    choice = resolve(parse_overrides(LORA), registry).choices["backbone"]
+    torch.manual_seed(0)
+    student, tokenizer = choice.record.factory(choice.options, backbone_context(registry, 3))
+    student.train()
+    inputs = dict(tokenizer(WEAK, padding="longest", return_tensors="pt"))
+    trained = [p for p in student.parameters() if p.requires_grad]
+    assert 0 < sum(p.numel() for p in trained) < sum(p.numel() for p in student.parameters()) / 50
+    return student, inputs, trained
+
+
+def step_student(trained, scale=0.05):
+    """An optimizer step's worth of change in the student's trainable tensors (in place, as AdamW)."""
+    with torch.no_grad():
+        for p in trained:
+            p.add_(torch.randn_like(p) * scale)
+
+
+def storages(tensors) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in tensors}
+
+
+def test_ema_teacher_of_a_lora_student_holds_adapters_and_head_and_the_same_average(registry, lora_student):
+    from testbed_plugins.teachers import TrainableCopy
+
+    student, inputs, trained = lora_student
+    ema = teacher(registry, "ema", student, decay=0.8)
+    assert isinstance(ema.model, TrainableCopy)
+    own = list(ema.model.parameters())
+    assert [t.shape for t in own] == [p.shape for p in trained] and not any(t.requires_grad for t in own)
+    assert sum(t.numel() for t in own) == sum(p.numel() for p in trained)  # no base weight among them
+    assert not storages(own) & storages([*student.parameters(), *student.buffers()])  # copies, not views of the student
+    assert set(ema.state_dict()["model"]) == {n for n, p in student.named_parameters() if p.requires_grad}
+    reference = copy.deepcopy(student).requires_grad_(False).eval()  # what a whole-model EMA teacher would average
+    full = [p for p in reference.parameters()]
+    step_student(trained)  # adapters' B start at zero: move them so the adapters count
+    for step in range(1, 7):
+        step_student(trained)
+        alpha = min(0.8, 1 - 1 / (step + 1))
+        torch._foreach_lerp_(full, [p.detach() for p in student.parameters()], 1 - alpha)
+        ema.update(student, step, RecordingTraining())
+    with torch.no_grad():
+        before = student.eval()(**inputs).logits
+        student.train()
+        probs = ema.probs(batch_of(inputs, WEAK))
+        assert student.training  # its mode back, and its own tensors: the same outputs as before
+        after = student.eval()(**inputs).logits
+        assert torch.equal(probs, reference(**inputs).logits.softmax(-1))  # bit for bit: the frozen base's average is itself
+    assert torch.equal(before, after) and not torch.allclose(probs, after.softmax(-1))  # the teacher is not the student
+
+
+def test_a_teacher_swap_leaves_the_students_step_in_progress_intact(registry, lora_student):
+    """The loop asks the teacher between the student's forward and its backward: the gradients are
+    those of a step without the teacher."""
+    student, inputs, trained = lora_student
+    ema = teacher(registry, "ema", student)
+    step_student(trained)
+    grads = []
+    for ask_teacher in (False, True):
+        student.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same dropout masks in both passes
+        loss = student(**inputs).logits.logsumexp(-1).sum()
+        if ask_teacher:
+            ema.probs(batch_of(inputs, WEAK))
+        loss.backward()
+        grads.append([p.grad.clone() for p in trained])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_snapshot_of_a_lora_student_refreshes_and_reinitialises_only_what_trains(registry, lora_student):
+    student, inputs, trained = lora_student
+    frozen = {n: p.detach().clone() for n, p in student.named_parameters() if not p.requires_grad}
+    initial = [p.detach().clone() for p in trained]
+    snap = teacher(registry, "snapshot", student, RunContext(num_classes=3, pool_size=10, steps=4, seed=0), rounds=2,
+                   reinit_student=True)
+    assert set(snap.initial) == set(snap.model.names) and sum(t.numel() for t in snap.initial.values()) == sum(p.numel() for p in trained)
+    step_student(trained)
+    student.eval()
+    expected = student(**inputs).logits.softmax(-1).detach()
+    student.train()
+    training = RecordingTraining()
+    snap.update(student, 2, training)  # a round boundary: the teacher takes the student, the student restarts
+    assert snap.refreshed_at == [2] and training.restarts == 1
+    assert all(torch.equal(p, q) for p, q in zip(trained, initial))  # adapters and head back to their start
+    assert all(torch.equal(p, frozen[n]) for n, p in student.named_parameters() if n in frozen)
+    assert torch.equal(snap.probs(batch_of(inputs, WEAK)), expected)
+    assert student.training
+
+
+def test_cotrain_peer_of_a_lora_student_owns_its_adapters_and_a_new_head(registry, lora_student, labeled):
+    student, inputs, trained = lora_student
+    tokenizer_ctx = resolve(parse_overrides(LORA), registry).choices["backbone"]
+    _, tokenizer = tokenizer_ctx.record.factory(tokenizer_ctx.options, backbone_context(registry, 3))
+    ctx = RunContext(num_classes=3, pool_size=8, steps=10, seed=0, labeled=Texts(labeled.texts, labeled.labels % 3),
+                     tokenize=lambda texts: dict(tokenizer(texts, padding="longest", return_tensors="pt")))
+    student_state = {n: p.detach().clone() for n, p in student.named_parameters()}
+    co = teacher(registry, "cotrain", student, ctx, threshold=0.0, batch_size=4, lr=0.01)
+    peer = dict(co.peer.state_dict())
+    assert set(peer) == {n for n, p in student.named_parameters() if p.requires_grad}
+    heads = [n for n in peer if ".modules_to_save." in n]
+    assert heads and all(not torch.equal(peer[n], student_state[n]) for n in heads)  # a re-initialised head
+    assert all(torch.equal(peer[n], student_state[n]) for n in peer if n not in heads)  # the student's adapters
+    before = [t.clone() for t in co.peer.parameters()]
+    co.probs(batch_of(inputs, WEAK))
+    co.update(student, 1, RecordingTraining())
+    assert co.pseudo_labels == 3
+    assert all(torch.equal(p, student_state[n]) for n, p in student.named_parameters())  # the student is only read
+    assert any(not torch.equal(a, b) for a, b in zip(co.peer.parameters(), before))  # the peer learned
+    assert all(p.grad is None for p in student.parameters())  # into its own tensors, not the student's
+
+
+@pytest.mark.parametrize("extra", [["teacher.name=ema"], ["teacher.name=snapshot", "teacher.rounds=2", "teacher.reinit_student=true"],
+                                   ["teacher.name=cotrain"]], ids=["ema", "snapshot-reinit", "cotrain"])
+def test_teachers_of_a_lora_student_run_end_to_end(registry, tmp_path, extra):
+    cfg = resolve(parse_overrides(["method=fixmatch", *FAST, *LORA, "selector.threshold=0.0", *extra]), registry)
+    run_dir, result, ran = execute(cfg, registry, tmp_path, progress=False)
+    assert ran and result["steps"] == 6
+    assert all(m["mask_rate"] == 1.0 and math.isfinite(m["consistency_loss"]) for m in read_jsonl(run_dir / "metrics.jsonl"))
