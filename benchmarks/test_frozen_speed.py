@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from testbed import resources
+from testbed import resources, weights_fingerprint
 from testbed.config import parse_overrides, resolve
 from testbed.loop import prepare, train
 from testbed.model import tokenize
@@ -42,7 +42,7 @@ def cold_features_per_second(cfg, texts: list[str]) -> tuple[float, float]:
     parts = prepare(cfg)
     store = parts.student.store
     started = time.perf_counter()
-    frozen_plugin.weights_fingerprint(store.encoder)
+    weights_fingerprint(store.encoder)
     fingerprint_seconds = time.perf_counter() - started
     store.table.clear()  # as if nothing were cached
     started = time.perf_counter()

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from testbed import Backbone, CacheEntry, UserError, hookimpl, store_dir
+from testbed import Backbone, CacheEntry, UserError, hookimpl, store_dir, weights_fingerprint
 
 POOLINGS = ("mean", "cls")
 ENCODE_ROWS = 8  # rows of every encoder call (a short batch repeats its last row): a fixed shape, so fixed kernels
@@ -90,17 +90,6 @@ def fixed_rows(rows: list, count: int) -> list:
     if not 0 < len(rows) <= count:
         raise ValueError(f"fixed_rows: expected 1 to {count} rows, got {len(rows)}")
     return [*rows, *[rows[-1]] * (count - len(rows))]
-
-
-def weights_fingerprint(encoder: nn.Module) -> str:
-    """sha256 over the encoder's class and every state_dict tensor (name, dtype, shape, bytes):
-    the randomly initialised ``tiny`` differs per seed, so a name would not identify the weights."""
-    digest = hashlib.sha256(type(encoder).__name__.encode())
-    for name, tensor in encoder.state_dict().items():
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(flat.view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 class FeatureStore:

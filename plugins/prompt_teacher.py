@@ -80,7 +80,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from testbed import BaseTeacher, CacheEntry, Teacher, UserError, hookimpl, store_dir, text_digests
+from testbed import BaseTeacher, CacheEntry, Teacher, UserError, hookimpl, store_dir, text_digests, weights_fingerprint
 from testbed_plugins._llm import SMOLLM2, pretrained_source, ready_for_batches
 
 SCORINGS = ("mean", "sum", "first")
@@ -190,18 +190,6 @@ def _tiny():
         torch.manual_seed(0)
         model = LlamaForCausalLM(config)
     return model, tokenizer
-
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the model's class and every state_dict tensor (name, dtype, shape, bytes): a name
-    or path does not identify weights (a re-saved or re-quantised checkpoint, a random test model).
-    The same rule as plugins/frozen.py, whose helper is not importable from here (a plugin module)."""
-    digest = hashlib.sha256(type(model).__name__.encode())
-    for name, tensor in model.state_dict().items():
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(flat.view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- the prompt

@@ -37,7 +37,7 @@ from testbed.report_stats import (
 )
 from testbed.resources import cache_dir, git_commit, refuse_shared_data
 from testbed.results import flatten
-from testbed.store import CacheEntry, store_dir, text_digests
+from testbed.store import CacheEntry, store_dir, text_digests, weights_fingerprint
 from testbed.types import (
     Augmentation,
     AugmentationContext,
@@ -86,6 +86,7 @@ __all__ = [
     "DATA_DIR_ENV", "data_dir", "infer_label_names", "load_dataset_dir", "load_dataset_files", "read_rows", "rows_to_texts",
     # caches (one content-addressed store) and outputs
     "CacheEntry", "cache_dir", "flatten", "git_commit", "refuse_shared_data", "store_dir", "text_digests",
+    "weights_fingerprint",
     # report sections: statistics, formatting, plots
     "ALPHA", "CI_NEEDS", "PAIRED_RULE", "ReportContext", "ReportDetails", "ReportFigure", "ReportSection", "calibration",
     "cd_diagram", "format_ci", "format_effect", "format_mean_std", "format_number", "format_p", "format_value", "friedman",

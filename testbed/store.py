@@ -62,6 +62,20 @@ def store_dir(kind: str) -> Path:
     return store_root() / kind
 
 
+def weights_fingerprint(model) -> str:
+    """sha256 over a torch model's class and every state_dict tensor (name, dtype, shape, bytes): the
+    key of caches of what a model computed. A name or path does not identify weights (a re-saved or
+    re-quantised checkpoint, a random test model drawn from a seed)."""
+    import torch
+
+    digest = hashlib.sha256(type(model).__name__.encode())
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def text_digests(texts: Sequence[str]) -> np.ndarray:
     """64-bit BLAKE2b digest of each text (uint64): the text's identity in the store."""
     return np.fromiter((int.from_bytes(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
