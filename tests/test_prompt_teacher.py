@@ -25,12 +25,7 @@ VERBALIZERS = ("negative", "very positive")
 TEXTS = ["what a nice day", "this is terrible and long " * 6, "ok", "{braces} and n/a here", "a second short one"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is faster and reproducible
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: conftest.one_thread
 
 
 @pytest.fixture(autouse=True)

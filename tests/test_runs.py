@@ -217,22 +217,24 @@ def no_prepare(monkeypatch):
     monkeypatch.setattr(testbed.runs, "prepare", prepare)
 
 
-def test_a_finished_run_is_returned_as_it_is(tmp_path, registry, no_prepare):
-    cfg = config(registry)
+def earlier_attempt(tmp_path, cfg, name: str, content: str) -> tuple[Path, dict]:
+    """The run directory of ``cfg`` holding one file an earlier attempt left, and a snapshot of it."""
     run_dir = tmp_path / "runs" / cfg.run_id
     run_dir.mkdir(parents=True)
-    (run_dir / "result.json").write_text('{"test_accuracy": 0.5}')
-    before = snapshot(run_dir)
+    (run_dir / name).write_text(content)
+    return run_dir, snapshot(run_dir)
+
+
+def test_a_finished_run_is_returned_as_it_is(tmp_path, registry, no_prepare):
+    cfg = config(registry)
+    run_dir, before = earlier_attempt(tmp_path, cfg, "result.json", '{"test_accuracy": 0.5}')
     assert execute(cfg, registry, tmp_path / "runs", progress=False) == (run_dir, {"test_accuracy": 0.5}, False)
     assert snapshot(run_dir) == before and not (tmp_path / "runs" / ".locks").exists()
 
 
 def test_a_damaged_result_is_reported_with_the_fix_and_left_as_it_is(tmp_path, registry, no_prepare):
     cfg = config(registry)
-    run_dir = tmp_path / "runs" / cfg.run_id
-    run_dir.mkdir(parents=True)
-    (run_dir / "result.json").write_text('{"test_accuracy": ')
-    before = snapshot(run_dir)
+    run_dir, before = earlier_attempt(tmp_path, cfg, "result.json", '{"test_accuracy": ')
     with pytest.raises(UserError, match=f"result.json is not valid JSON .* Delete {run_dir} to rerun the run, or pass --force"):
         execute(cfg, registry, tmp_path / "runs", progress=False)
     assert snapshot(run_dir) == before and run_status(tmp_path / "runs", cfg.run_id) == "damaged"
@@ -240,10 +242,7 @@ def test_a_damaged_result_is_reported_with_the_fix_and_left_as_it_is(tmp_path, r
 
 def test_a_run_that_failed_before_is_skipped_unless_retried(tmp_path, registry, no_prepare):
     cfg = config(registry)
-    run_dir = tmp_path / "runs" / cfg.run_id
-    run_dir.mkdir(parents=True)
-    (run_dir / "error.json").write_text('{"error": "RuntimeError: boom"}')
-    before = snapshot(run_dir)
+    run_dir, before = earlier_attempt(tmp_path, cfg, "error.json", '{"error": "RuntimeError: boom"}')
     with pytest.raises(RunFailedBefore, match=f"Run {cfg.run_id} failed earlier: see {run_dir / 'error.json'}"):
         execute(cfg, registry, tmp_path / "runs", progress=False, retry_failed=False)
     assert snapshot(run_dir) == before and run_status(tmp_path / "runs", cfg.run_id) == "failed"

@@ -16,13 +16,7 @@ from testbed.config import parse_overrides, resolve
 from testbed.loop import backbone_context
 from testbed.runs import execute
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is faster and reproducible
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: conftest.one_thread
 
 
 class RecordingTraining(Training):
