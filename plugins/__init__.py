@@ -4,7 +4,8 @@ Each module is a plugin registered through the ``testbed`` entry-point group in
 pyproject.toml, exactly as a third-party plugin would be, and imports only ``from testbed import
 ...`` (tests/test_public_api.py):
 
-- seams: ``selectors``, ``teachers``, ``distances``, ``schedules`` (λ and TSA);
+- seams: ``selectors``, ``teachers``, ``distances``, ``schedules`` (λ and TSA), ``regularisers``
+  (batch-level loss terms: FreeMatch's fairness, entropy minimisation, joint masked-LM);
 - views: ``augmentations`` (native word level), ``token_augmentations`` (tokenizer level),
   ``model_augmentations`` (masked-LM substitution, LLM paraphrase), ``nlpaug_augmentations``,
   ``precomputed`` (views stored in dataset columns), ``compositions`` (sequence, one_of,

@@ -26,6 +26,7 @@ from testbed import (
     __version__,
     calibration,
     cd_diagram,
+    factorial_anova,
     format_ci,
     format_effect,
     format_mean_std,
@@ -35,6 +36,7 @@ from testbed import (
     friedman,
     git_commit,
     heatmap,
+    holm,
     hookimpl,
     line_plot,
     per_class_f1,
@@ -101,8 +103,11 @@ def leaderboard_section(results, context) -> ReportSection:
 
     blocks: list = ["Test accuracy over seeds: mean ± standard deviation and the 95% confidence interval of the mean "
                     "(t-interval, shown clipped to [0, 1]). *Last* is the checkpoint at the end of training; *best on validation* is the "
-                    "evaluation with the highest validation accuracy. Error rate = 1 − accuracy (last). *Teacher accuracy*, for cells "
-                    "whose teacher is a separate, fixed model: the teacher's own predictions on the same test set."]
+                    "evaluation with the highest validation accuracy of the reported model (the first such, on ties). Error rate = 1 − accuracy "
+                    "(last). The reported model is the student, except for teachers that keep a model the papers evaluate "
+                    "(Mean Teacher's EMA weights; `train.evaluate`): there *student accuracy* gives the student's own, last. "
+                    "*Teacher accuracy*, for cells whose teacher is a separate, fixed model: the teacher's own predictions on the "
+                    "same test set."]
     for group in context.groups:
         runs = _runs(results, group)
         rows = []
@@ -114,8 +119,12 @@ def leaderboard_section(results, context) -> ReportSection:
                          "macro-F1, last": format_mean_std(summarize(sub.test_macro_f1.tolist())),
                          "accuracy, best on val": format_mean_std(best), "95% CI, best on val": format_ci(best),
                          "macro-F1, best on val": format_mean_std(summarize(sub.test_macro_f1_best_val.tolist()))})
+            reported = sub["evaluated_model"].tolist() if "evaluated_model" in sub else []
+            student = sub["student_test_accuracy"].dropna().tolist() if "student_test_accuracy" in sub else []
+            if student and "teacher" in reported:  # the teacher's model is reported (Mean Teacher): the student beside it
+                rows[-1]["student accuracy"] = format_mean_std(summarize(student))
             teacher = sub["teacher_test_accuracy"].dropna().tolist() if "teacher_test_accuracy" in sub else []
-            if teacher:  # a fixed teacher (distillation, a prompted LLM): what its own predictions score
+            if teacher and "teacher" not in reported:  # a fixed teacher (distillation, a prompted LLM): its own predictions
                 rows[-1]["teacher accuracy"] = format_mean_std(summarize(teacher))
         blocks += [f"**{group}**", pd.DataFrame(rows).fillna("")]
     return ReportSection(name="leaderboard", title="Leaderboard", blocks=tuple(blocks), order=10)
@@ -209,6 +218,8 @@ def ablation_section(results, context) -> ReportSection:
                 rows.append({_short(axis): format_value(sub[axis].iloc[0]), "runs": s.n, "mean accuracy": format_number(s.mean),
                              "95% CI": format_ci(s)})
             blocks.append(pd.DataFrame(rows))
+        if len(axes) >= 2:
+            blocks += _factor_table(runs, axes)
         for ai, (a, b) in enumerate([(a, b) for i, a in enumerate(axes) for b in axes[i + 1:]][:6]):
             pivot = runs.assign(_a=runs[a].map(format_value), _b=runs[b].map(format_value)).pivot_table(
                 index="_a", columns="_b", values="test_accuracy", aggfunc="mean")
@@ -217,6 +228,33 @@ def ablation_section(results, context) -> ReportSection:
     if not any_axis:
         blocks.append("No axis varies within a dataset and budget.")
     return ReportSection(name="ablation", title="Ablation effects", blocks=tuple(blocks), order=40)
+
+
+def _factor_table(runs, axes: list[str]) -> list:
+    """Which axes matter: the factorial ANOVA of test accuracy (main effects, two-way interactions,
+    the seed as a block), Holm-corrected over the terms; a sentence naming the largest real effect."""
+    import pandas as pd
+
+    analysis = factorial_anova(runs.assign(seed=runs["seed"].map(str)), axes, "test_accuracy", block="seed")
+    if isinstance(analysis, str):
+        return [f"Which factors matter: not computed, {analysis}."]
+    effects, residual_df = analysis
+    tested = [e for e in effects if e.p is not None]
+    adjusted = dict(zip((e.term for e in tested), holm([e.p for e in tested])))
+    rows = [{"term": " × ".join(_short(t) for t in e.term.split(" × ")), "df": e.df, "share of variance (η²)": format_number(e.share, ".3f"),
+             "F": format_number(e.f, ".2f"), "p": format_p(e.p), "p (Holm)": format_p(adjusted.get(e.term)),
+             "verdict": "" if e.p is None else "matters" if adjusted[e.term] < ALPHA else "no detectable effect"}
+            for e in sorted(effects, key=lambda e: -e.share)]
+    real = [e for e in sorted(tested, key=lambda e: -e.share) if adjusted[e.term] < ALPHA]
+    if real:
+        names = ", ".join(f"{' × '.join(_short(t) for t in e.term.split(' × '))} (η² = {e.share:.3f})" for e in real)
+        headline = f"Terms with a real effect, largest first: {names}."
+    else:
+        headline = "No axis or pair of axes has a detectable effect at α = 0.05 (Holm)."
+    intro = ("Which factors matter: a fixed-effects ANOVA of test accuracy (last) on each axis and each pair of axes, the "
+             f"seed as a block, {residual_df} residual degrees of freedom (the higher interactions and the noise); η² is the "
+             "share of the runs' variance a term explains; p-values Holm-corrected over the terms. " + headline)
+    return [intro, pd.DataFrame(rows)]
 
 
 # --------------------------------------------------------------------------- training dynamics

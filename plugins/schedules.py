@@ -27,6 +27,27 @@ def constant(options: ConstantOptions, context):
     return lambda step: options.weight
 
 
+@dataclass(frozen=True)
+class DelayedOptions:
+    weight: float = 1.0  # λ after the start
+    start: float = 0.25  # the fraction of the run trained on labeled data only (λ = 0)
+
+    def __post_init__(self):
+        if self.weight < 0:
+            raise ValueError(f"schedule.weight must be 0 or more, got {self.weight}")
+        if not 0 <= self.start < 1:
+            raise ValueError(f"schedule.start must be in [0, 1) (a fraction of train.steps), got {self.start}")
+
+
+def delayed(options: DelayedOptions, context):
+    """λ(t) = 0 for t ≤ T_start = round(start · T), then weight: a supervised phase first. Noisy
+    Student's first teacher is trained on the labeled data alone; with ``teacher.rounds = R`` and
+    ``start = 1/R`` the first round is that teacher's training (the loop skips the unlabeled batch
+    while λ = 0)."""
+    first = round(options.start * context.steps)
+    return lambda step: 0.0 if step <= first else options.weight
+
+
 # --------------------------------------------------------------------------- λ(t) ramp-ups
 
 
@@ -123,6 +144,8 @@ def testbed_schedules():
                  factory=sigmoid, options=RampOptions),
         Schedule(name="cosine", summary="half-cosine ramp-up 0 → weight over the first `ramp` fraction",
                  factory=cosine, options=RampOptions),
+        Schedule(name="delayed", summary="λ = 0 for the first `start` fraction of the run (supervised only), then weight",
+                 factory=delayed, options=DelayedOptions),
         Schedule(name="decreasing", summary="linear decay weight → final·weight over the run",
                  factory=decreasing, options=DecreasingOptions),
         Schedule(name="tsa_linear", summary="UDA TSA threshold for tsa.name, α_t = t/T", factory=tsa_linear),

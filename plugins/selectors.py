@@ -71,11 +71,12 @@ def _rank_within_class(confidence, predicted, num_classes: int):
     return rank, counts
 
 
-def _kth_per_class(confidence, predicted, k: int, num_classes: int):
+def _kth_per_class(confidence, predicted, k, num_classes: int):
     """Per class, the confidence of its k-th most confident example (its least confident one
-    when it has fewer than k; 0 for a class with none: nothing to rank, keep whatever comes)."""
+    when it has fewer than k; 0 for a class with none: nothing to rank, keep whatever comes).
+    ``k`` is one int for every class or a LongTensor [C] of per-class counts."""
     rank, counts = _rank_within_class(confidence, predicted, num_classes)
-    last = (counts.clamp(max=k) - 1)[predicted]
+    last = (torch.minimum(counts, torch.as_tensor(k, device=counts.device)) - 1)[predicted]
     hit = rank == last
     thresholds = torch.zeros(num_classes, dtype=confidence.dtype, device=confidence.device)
     thresholds[predicted[hit]] = confidence[hit]
@@ -246,10 +247,15 @@ class FreeMatchSelector(BaseSelector):
     updated with the current batch, then the batch is masked with the updated thresholds.
     Initial values 1/C as in the paper and the current USB code.
 
+    ``p_model`` (= p̃_t) and ``label_hist`` are public for FreeMatch's self-adaptive fairness term
+    (``regulariser.name=saf``); ``label_hist`` is USB's EMA of the histogram of the teacher's argmax,
+        h̃_t(c) = m · h̃_{t-1}(c) + (1 - m) · mean_b 1[argmax p_b = c]      (h̃_0 = 1/C)
+    updated with the same momentum; it takes no part in selection.
+
     Momentum: ``ema_momentum`` unset uses m = 1 - 1/max(10, steps/100) (EMA time constant 1%
     of the run, at least 10 steps) instead of the published 0.999, which is tuned for
     10^5-10^6 iterations and keeps τ_t near 1/C, accepting everything, for a short run. The
-    fairness (self-adaptive class fairness) loss is a loss term, not selection: out of scope.
+    self-adaptive fairness loss is a loss term, not selection: the ``saf`` regulariser.
     """
 
     def __init__(self, options: FreeMatchOptions, context):
@@ -258,6 +264,12 @@ class FreeMatchSelector(BaseSelector):
         self.device = _float64_device(context, "freematch")
         self.global_threshold = torch.tensor(1.0 / context.num_classes, dtype=torch.float64, device=self.device)
         self.local = torch.full((context.num_classes,), 1.0 / context.num_classes, dtype=torch.float64, device=self.device)
+        self.label_hist = torch.full((context.num_classes,), 1.0 / context.num_classes, dtype=torch.float64, device=self.device)
+
+    @property
+    def p_model(self):
+        """p̃_t, the class-wise EMA of the teacher's probabilities (USB's name)."""
+        return self.local
 
     def class_thresholds(self):
         return self.local / self.local.max() * self.global_threshold
@@ -267,6 +279,8 @@ class FreeMatchSelector(BaseSelector):
         m = self.m
         self.global_threshold = m * self.global_threshold + (1 - m) * confidence.double().mean()
         self.local = m * self.local + (1 - m) * probs.double().mean(0)
+        hist = torch.bincount(predicted, minlength=self.num_classes).double()
+        self.label_hist = m * self.label_hist + (1 - m) * hist / hist.sum()
         thresholds = self.class_thresholds().to(probs.dtype)
         weights = (confidence >= thresholds[predicted]).float()
         return Selection(targets=_targets(probs), weights=weights)
@@ -276,10 +290,12 @@ class FreeMatchSelector(BaseSelector):
                 "ema_momentum": self.m}
 
     def state_dict(self):
-        return {"global_threshold": self.global_threshold.clone(), "local": self.local.clone()}
+        return {"global_threshold": self.global_threshold.clone(), "local": self.local.clone(), "label_hist": self.label_hist.clone()}
 
     def load_state_dict(self, state):
         self.global_threshold, self.local = state["global_threshold"].to(self.device, copy=True), state["local"].to(self.device, copy=True)
+        if "label_hist" in state:  # checkpoints written before it was kept: it stays at its start
+            self.label_hist = state["label_hist"].to(self.device, copy=True)
 
 
 # --------------------------------------------------------------------------- SoftMatch
@@ -502,27 +518,49 @@ class UncertaintySelector(BaseSelector):
 
 @dataclass(frozen=True)
 class TopKOptions:
-    fraction: float = 0.5  # k = ceil(fraction · B / C) per class and batch
+    fraction: float = 0.5  # "count": k = ceil(fraction · B / C) per class; "proportion": CBST's portion p
     scope: str = "batch"  # "batch": top-k of each batch; "round": per-class thresholds from the pool memory
+    per_class: str = "count"  # "count": the same k for every class; "proportion": floor(p · n_c) of class c (CBST)
 
     def __post_init__(self):
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"selector.fraction must be in (0, 1], got {self.fraction}")
         _check_choice("scope", self.scope, ("batch", "round"))
+        _check_choice("per_class", self.per_class, ("count", "proportion"))
 
 
 class TopKSelector(BaseSelector):
-    """Class-balanced top-k selection, hard labels (the class-balanced selection of
-    self-training, e.g. Zou et al. 2018's class-balanced self-training and UPS's balancing).
+    """Class-balanced top-k selection, hard labels: each class keeps its own most confident
+    examples (those whose argmax is that class), so no class is crowded out by a global threshold.
+    How many each class keeps (``per_class``):
 
-    "batch": among the examples of the batch whose argmax is c, the k most confident are kept,
-        k = ceil(fraction · B / C); ties are ranked by position, so exactly min(k, n_c) per class.
-    "round": weight = 1[max p >= T_{argmax p}], T_c = the confidence of the k_pool-th most
-        confident pool example predicted c in a memory of each example's latest prediction and
-        confidence, k_pool = ceil(fraction · N_recorded / C) (the least confident one when fewer;
-        0 when none). T is recomputed at the start of each round from what earlier rounds
-        recorded; a round is one pass over the pool, but at most 10% of the run's steps so that
-        a short run over a big pool still gets pool-level thresholds. In round 0 the batch rule is used.
+    "count" (default): the same k for every class, k = ceil(fraction · B / C) of a batch of B
+        (k_pool = ceil(fraction · N_recorded / C) of the pool memory), all of a class when it has
+        fewer. An equal count per class is the balancing UPS applies to its selected pseudo-labels
+        (Rizve et al. 2021; nayeemrizve/ups utils/pseudo_labeling_util.py cuts every class to the
+        smallest class's count, at least 25); here k is a fixed share of the batch instead.
+    "proportion": class-balanced self-training, CBST (Zou et al. 2018, ECCV): of the n_c examples
+        predicted c, the floor(p · n_c) most confident are kept, p = ``fraction``, so the kept
+        classes keep the proportions of the teacher's own predictions. As the CBST code
+        (yzou2/CRST crst_seg.py ``kc_parameters``): each class's confidences sorted in descending
+        order, k_c = floor(n_c · p), the threshold is the k_c-th confidence, and 1 when k_c = 0 (a
+        class with too few predictions, or none, keeps only a confidence of exactly 1). Not included: CBST's
+        portion schedule (p from 0.2 by 0.05 per round up to 0.5 in that code) and its label
+        argmax_c p_c / T_c (here the label is argmax_c p_c, kept when max p >= T_{argmax p}).
+
+    "count" stays the default: it is the rule this selector has always had (its runs keep their
+    ids), and it is the one that rebalances a teacher biased towards some classes, which
+    "proportion" by design passes on.
+
+    Scopes:
+    "batch": among the examples of the batch whose argmax is c, the k_c most confident are kept;
+        ties are ranked by position, so exactly min(k_c, n_c) per class.
+    "round": weight = 1[max p >= T_{argmax p}], T_c = the confidence of the k_c-th most confident
+        pool example predicted c in a memory of each example's latest prediction and confidence
+        (k_c from the memory's counts as above). T is recomputed at the start of each round from
+        what earlier rounds recorded; a round is one pass over the pool, but at most 10% of the
+        run's steps so that a short run over a big pool still gets pool-level thresholds. In round 0
+        the batch rule is used.
     """
 
     def __init__(self, options: TopKOptions, context):
@@ -546,9 +584,25 @@ class TopKSelector(BaseSelector):
         self.round = round_
         recorded = self.memory_class >= 0
         if round_ > 0 and recorded.any():
-            k = math.ceil(self.options.fraction * int(recorded.sum()) / self.num_classes)
-            self.thresholds = _kth_per_class(self.memory_confidence[recorded], self.memory_class[recorded], k, self.num_classes)
+            self.thresholds = self._thresholds(self.memory_confidence[recorded], self.memory_class[recorded])
             self.round_active = True
+
+    def _counts(self, predicted):
+        """k_c per class, LongTensor [C]: the same ceil(fraction · n / C) for every class ("count"),
+        or floor(n_c · fraction) of the n_c examples predicted c ("proportion", CBST)."""
+        if self.options.per_class == "count":
+            k = math.ceil(self.options.fraction * len(predicted) / self.num_classes)
+            return torch.full((self.num_classes,), k, dtype=torch.long, device=predicted.device)
+        n = torch.bincount(predicted, minlength=self.num_classes)
+        return torch.floor(n.double() * self.options.fraction).long()
+
+    def _thresholds(self, confidence, predicted):
+        """T_c: the k_c-th confidence of class c; for "proportion" 1 where k_c = 0 (CBST)."""
+        counts = self._counts(predicted)
+        thresholds = _kth_per_class(confidence, predicted, counts, self.num_classes)
+        if self.options.per_class == "proportion":
+            thresholds[counts == 0] = 1.0
+        return thresholds
 
     def select(self, probs, indices, step):
         confidence, predicted = probs.max(-1)
@@ -560,10 +614,9 @@ class TopKSelector(BaseSelector):
         if self.round_active:
             weights = (confidence >= self.thresholds[predicted]).float()
         else:
-            k = math.ceil(self.options.fraction * len(confidence) / self.num_classes)
             rank, _ = _rank_within_class(confidence, predicted, self.num_classes)
-            weights = (rank < k).float()
-            self.thresholds = _kth_per_class(confidence, predicted, k, self.num_classes)
+            weights = (rank < self._counts(predicted)[predicted]).float()
+            self.thresholds = self._thresholds(confidence, predicted)
         if self.options.scope == "round":
             self.memory_class[indices], self.memory_confidence[indices] = predicted, confidence
         return Selection(targets=_targets(probs), weights=weights)
@@ -602,6 +655,6 @@ def testbed_selectors():
                  factory=CurriculumSelector, options=CurriculumOptions),
         Selector(name="uncertainty", summary="UPS-style: K dropout passes; confident and low-uncertainty (std, entropy or BALD)",
                  factory=UncertaintySelector, options=UncertaintyOptions),
-        Selector(name="topk", summary="class-balanced top-k per class, in the batch or from a pool memory",
+        Selector(name="topk", summary="class-balanced top-k per class (an equal count, or CBST's proportion), in the batch or from a pool memory",
                  factory=TopKSelector, options=TopKOptions),
     ]

@@ -252,6 +252,9 @@ class EmaTeacher(BaseTeacher):
         for mine, theirs in zip(self.buffers, student.buffers()):
             mine.copy_(theirs)
 
+    def evaluation_model(self):
+        return self.model  # Mean Teacher's papers and code evaluate the EMA weights
+
     def state_dict(self):
         return {"model": self.model.state_dict()}
 
@@ -282,8 +285,10 @@ class SnapshotTeacher(BaseTeacher):
     fractions of the run, not epochs.
 
     The first round's teacher is the untrained student (a random head on the encoder): its
-    pseudo-labels are near chance, so they should be kept out of the loss until the selector's
-    confidence threshold admits them; with a ``none`` selector the first round trains on noise.
+    pseudo-labels are near chance. Noisy Student's first teacher is trained on the labeled data
+    alone: pair this teacher with the ``delayed`` schedule, ``schedule.start = 1 / rounds``, so the
+    first round is supervised (the ``noisy-student`` preset does). With reinit_student the student's
+    optimizer moments and learning-rate warm-up restart too (``Training.restart``).
     No refresh happens at the last step, so the evaluated student is never a freshly reset one.
     """
 

@@ -21,7 +21,9 @@ from testbed.report_stats import (
     ALPHA,
     CI_NEEDS,
     PAIRED_RULE,
+    Effect,
     calibration,
+    factorial_anova,
     format_ci,
     format_effect,
     format_mean_std,
@@ -46,6 +48,7 @@ from testbed.types import (
     Backbone,
     BackboneContext,
     BaseExecutor,
+    BaseRegulariser,
     BaseSelector,
     BaseTeacher,
     Component,
@@ -58,6 +61,9 @@ from testbed.types import (
     NoOptions,
     Preset,
     Record,
+    RegularisationBatch,
+    Regulariser,
+    RegulariserContext,
     ReportContext,
     ReportDetails,
     ReportFigure,
@@ -79,8 +85,9 @@ __version__ = "0.1.0"
 __all__ = [
     # the hooks' records, the contexts factories get, the interfaces of what they build
     "Augmentation", "AugmentationContext", "AugmentationSpec", "Augmenter", "Backbone", "BackboneContext", "BaseExecutor",
-    "BaseSelector", "BaseTeacher", "Component", "Dataset", "DatasetContext", "DatasetSplits", "Distance", "Executor",
-    "ExecutorContext", "NoOptions", "Preset", "Record", "RunContext", "Sampler", "Schedule", "Selection", "Selector", "Teacher",
+    "BaseRegulariser", "BaseSelector", "BaseTeacher", "Component", "Dataset", "DatasetContext", "DatasetSplits", "Distance", "Executor",
+    "ExecutorContext", "NoOptions", "Preset", "Record", "RegularisationBatch", "Regulariser",
+    "RegulariserContext", "RunContext", "Sampler", "Schedule", "Selection", "Selector", "Teacher",
     "TeacherContext", "TextBatch", "Texts", "Training", "UserError", "hookimpl", "__version__",
     # datasets and local data
     "DATA_DIR_ENV", "data_dir", "infer_label_names", "load_dataset_dir", "load_dataset_files", "read_rows", "rows_to_texts",
@@ -88,8 +95,8 @@ __all__ = [
     "CacheEntry", "cache_dir", "flatten", "git_commit", "refuse_shared_data", "store_dir", "text_digests",
     "weights_fingerprint",
     # report sections: statistics, formatting, plots
-    "ALPHA", "CI_NEEDS", "PAIRED_RULE", "ReportContext", "ReportDetails", "ReportFigure", "ReportSection", "calibration",
-    "cd_diagram", "format_ci", "format_effect", "format_mean_std", "format_number", "format_p", "format_value", "friedman",
+    "ALPHA", "CI_NEEDS", "Effect", "PAIRED_RULE", "ReportContext", "ReportDetails", "ReportFigure", "ReportSection", "calibration",
+    "cd_diagram", "factorial_anova", "format_ci", "format_effect", "format_mean_std", "format_number", "format_p", "format_value", "friedman",
     "heatmap", "holm", "line_plot", "new_figure", "paired_test", "per_class_f1", "reliability_plot", "summarize",
     "threshold_plot", "verdict",
 ]

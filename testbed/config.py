@@ -69,6 +69,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     device: str = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps; the student and all run state live there
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast dtype of the forward passes (fp16 with a GradScaler)
+    # which model the run reports: auto = the teacher's model where the teacher offers one (Mean Teacher's EMA, as
+    # the papers evaluate), else the student | student | teacher. Both are evaluated and recorded either way.
+    evaluate: str = "auto"
 
     def __post_init__(self):
         for key in ("steps", "batch_size", "eval_every", "eval_batch_size"):
@@ -83,12 +86,15 @@ class TrainConfig:
             raise ValueError(f"train.checkpoint_every must be -1 (never), 0 (every ~10 minutes) or a number of steps, got {self.checkpoint_every}")
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ValueError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.evaluate not in EVALUATED:
+            raise ValueError(f"train.evaluate must be one of {', '.join(EVALUATED)}, got {self.evaluate!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 PRECISIONS = ("fp32", "bf16", "fp16")
+EVALUATED = ("auto", "student", "teacher")
 
 
 CORE_SECTIONS = {"dataset": DatasetConfig, "backbone": BackboneConfig, "train": TrainConfig}
@@ -103,6 +109,7 @@ CHOICES = {
     "distance": "distance",
     "schedule": "schedule",
     "tsa": "schedule",  # training-signal annealing: η(t); labeled examples with p(correct) > η leave the loss
+    "regulariser": "regulariser",  # batch-level loss terms added to the objective
 }
 DEFAULTS: dict[str, Any] = {
     "method": "supervised",
@@ -113,12 +120,15 @@ DEFAULTS: dict[str, Any] = {
     "distance": {"name": "ce"},
     "schedule": {"name": "constant"},
     "tsa": {"name": "constant", "weight": 1.0},  # η = 1: no labeled example is ever masked
+    "regulariser": {"name": "none"},
 }
 # how a run runs, not what it computes (gradient checkpointing recomputes activations: same numbers, tested)
 NOT_IN_RUN_ID = {("train", "threads"), ("train", "checkpoint_every"), ("backbone", "gradient_checkpointing")}
 # keys added after runs existed: at these values they leave the hash as it was, so those runs keep their ids
-IN_RUN_ID_UNLESS = {("train", "device"): "auto", ("train", "precision"): "fp32",
-                    ("backbone", "lora"): {"r": 0, "alpha": 16.0, "dropout": 0.05, "target_modules": ""}}
+IN_RUN_ID_UNLESS = {("train", "device"): "auto", ("train", "precision"): "fp32", ("train", "evaluate"): "auto",
+                    ("backbone", "lora"): {"r": 0, "alpha": 16.0, "dropout": 0.05, "target_modules": ""},
+                    ("regulariser", "name"): "none",  # a section the drop empties goes too
+                    ("selector", "per_class"): "count"}  # topk's rule before CBST's "proportion" was added
 
 
 @dataclass(frozen=True)
@@ -153,6 +163,8 @@ def run_id(resolved: dict) -> str:
     for (section, key), value in IN_RUN_ID_UNLESS.items():
         if data.get(section, {}).get(key) == value:
             data[section].pop(key)
+            if not data[section]:
+                data.pop(section)
     train = data.get("train", {})
     if str(train.get("device", "")).startswith("cuda:"):  # which GPU of a machine is placement (a grid spreads cells over
         train["device"] = "cuda"  # --devices), not what the run computes: cuda:N hashes as cuda

@@ -44,6 +44,7 @@ from testbed.types import (
     Executor,
     Preset,
     Record,
+    Regulariser,
     ReportContext,
     ReportSection,
     Schedule,
@@ -121,6 +122,23 @@ def testbed_schedules() -> Iterable[Schedule]:
         def testbed_schedules():
             late = lambda options, context: lambda step: float(step > context.steps // 2)
             return [Schedule(name="second_half", summary="λ = 1 in the second half of the run", factory=late)]
+    """
+
+
+@hookspec
+def testbed_regularisers() -> Iterable[Regulariser]:
+    """Batch-level loss terms for ``regulariser.name``: loss += regulariser.loss(batch), the batch a
+    ``RegularisationBatch`` (the student's logits, the labels, the selection, the selector). Example::
+
+        class Confident(BaseRegulariser):  # entropy of the student on the labeled batch, times 0.1
+            def loss(self, batch):
+                p = batch.labeled_logits.softmax(-1)
+                return 0.1 * -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
+
+        @hookimpl
+        def testbed_regularisers():
+            return [Regulariser(name="confident", summary="labeled-batch entropy, weight 0.1",
+                                factory=lambda options, context: Confident())]
     """
 
 
@@ -244,6 +262,7 @@ KINDS: dict[str, tuple[str, type[Record]]] = {
     "selector": ("testbed_selectors", Selector),
     "teacher": ("testbed_teachers", Teacher),
     "schedule": ("testbed_schedules", Schedule),
+    "regulariser": ("testbed_regularisers", Regulariser),
     "dataset": ("testbed_datasets", Dataset),
     "backbone": ("testbed_backbones", Backbone),
     "preset": ("testbed_presets", Preset),

@@ -1,6 +1,6 @@
-"""The training loop. It knows the five seams, never a method:
+"""The training loop. It knows the seams, never a method:
 
-    loss = CE(student(x), y) + λ(step) · mean(weight · distance(student(strong(u)), target))
+    loss = CE(student(x), y) + λ(step) · mean(weight · distance(student(strong(u)), target)) + regulariser(batch)
     target, weight = selector(teacher(weak(u)))
 
 ``prepare`` resolves the config into objects (all user errors surface here, before any
@@ -22,14 +22,19 @@ from tqdm.auto import tqdm
 
 from testbed.config import RunConfig
 from testbed.data import Split, data_dir, make_split
+from testbed.errors import UserError
 from testbed.model import accuracy_and_macro_f1, autocast, check_precision, describe_device, predict, resolve_device, to_device, tokenize
 from testbed.types import (
     BackboneContext,
+    BaseRegulariser,
     BaseSelector,
     BaseTeacher,
     DatasetContext,
+    RegularisationBatch,
+    RegulariserContext,
     RunContext,
     Sampler,
+    Selection,
     TeacherContext,
     TextBatch,
     Training,
@@ -49,6 +54,7 @@ class Parts:
     tsa: Callable[[int], float]
     views: Views  # weak and strong views of the pool, cached on disk (testbed.views)
     device: str = "cpu"  # train.device resolved: where the student and all run state live
+    regulariser: BaseRegulariser | None = None  # batch-level loss terms added to the objective; None = none
 
 
 def backbone_context(registry, num_labels: int) -> BackboneContext:
@@ -88,11 +94,15 @@ def prepare(cfg: RunConfig, registry=None) -> Parts:
                      load_backbone=backbones.load_backbone, device=device, label_names=tuple(split.label_names),
                      tokenize=lambda texts: to_device(tokenize(tokenizer, texts, cfg.backbone.max_length), device))
     views = open_views(cfg, split.pool_texts, registry)
-    return Parts(
+    parts = Parts(
         split=split, student=student, tokenizer=tokenizer, views=views, device=device,
         teacher=build("teacher", TeacherContext(**vars(ctx), student=student)),
         selector=build("selector", ctx), distance=build("distance", ctx), schedule=build("schedule", ctx), tsa=build("tsa", ctx),
     )
+    # last: it may read the selector (saf refuses a selector without FreeMatch's EMAs) and train the student's encoder
+    parts.regulariser = build("regulariser", RegulariserContext(**vars(ctx), student=student, tokenizer=tokenizer, selector=parts.selector))
+    evaluated_models(cfg, parts.teacher)  # train.evaluate=teacher with a teacher that has no model: refused before the run
+    return parts
 
 
 class AutocastTeacher(BaseTeacher):
@@ -125,8 +135,8 @@ class PseudoLabelTally:
     def __init__(self):
         self.seen = self.selected = self.selected_known = self.selected_correct = 0
         self.known = self.correct = 0
-        self.weight_sum = self.confidence_sum = self.sup_loss = self.unsup_loss = self.tsa_kept = 0.0
-        self.steps = self.unsup_steps = 0
+        self.weight_sum = self.confidence_sum = self.sup_loss = self.unsup_loss = self.tsa_kept = self.reg_loss = 0.0
+        self.steps = self.unsup_steps = self.reg_steps = 0
         self.per_class = None  # [3, C]: selected pseudo-labels = c, of those gold c, gold c seen (known gold only)
 
     def add_labeled(self, loss: float, kept: float):
@@ -134,6 +144,11 @@ class PseudoLabelTally:
         self.sup_loss += loss
         self.tsa_kept += kept
         self.steps += 1
+
+    def add_regulariser(self, loss: float):
+        """One step's regulariser terms, summed (weighted, as added to the loss)."""
+        self.reg_loss += loss
+        self.reg_steps += 1
 
     def add_unlabeled(self, weights, targets, teacher_probs, gold: np.ndarray, unsup_loss: float):
         weights, targets, teacher_probs = weights.cpu(), targets.cpu(), teacher_probs.cpu()  # counted in numpy
@@ -168,6 +183,7 @@ class PseudoLabelTally:
             "train_loss": ratio(self.sup_loss, self.steps),
             "tsa_kept": ratio(self.tsa_kept, self.steps),
             "consistency_loss": ratio(self.unsup_loss, self.unsup_steps),
+            "regulariser_loss": ratio(self.reg_loss, self.reg_steps),  # None: no regulariser term in these steps
             "mask_rate": ratio(self.selected, self.seen),
             "mean_weight": ratio(self.weight_sum, self.seen),
             "teacher_confidence": ratio(self.confidence_sum, self.seen),
@@ -177,19 +193,34 @@ class PseudoLabelTally:
         }
 
 
-def evaluate(parts: Parts, cfg: RunConfig, probs_out: dict | None = None) -> dict[str, float | None]:
-    """Accuracy and macro-F1 on validation and test; ``probs_out[prefix]`` gets the probabilities."""
+def evaluate(parts: Parts, cfg: RunConfig, probs_out: dict | None = None, model=None) -> dict[str, float | None]:
+    """Accuracy and macro-F1 of ``model`` (the student unless given) on validation and test;
+    ``probs_out[prefix]`` gets the probabilities."""
+    model = parts.student if model is None else model
     out: dict[str, float | None] = {}
     for prefix, texts in (("val", parts.split.validation), ("test", parts.split.test)):
         if len(texts) == 0:
             out[f"{prefix}_accuracy"] = out[f"{prefix}_macro_f1"] = None
             continue
-        probs = predict(parts.student, parts.tokenizer, texts.texts, cfg.backbone.max_length, cfg.train.eval_batch_size,
+        probs = predict(model, parts.tokenizer, texts.texts, cfg.backbone.max_length, cfg.train.eval_batch_size,
                         cfg.train.precision)
         if probs_out is not None:
             probs_out[prefix] = probs
         out[f"{prefix}_accuracy"], out[f"{prefix}_macro_f1"] = accuracy_and_macro_f1(probs, texts.labels, parts.split.num_classes)
     return out
+
+
+def evaluated_models(cfg: RunConfig, teacher: BaseTeacher) -> tuple[str, dict[str, Any]]:
+    """(the model the run reports, every model evaluated by name). ``train.evaluate = "auto"`` reports
+    the teacher's evaluation model where the teacher offers one (Mean Teacher's EMA weights, as its
+    papers do), else the student; the other is evaluated too and recorded beside it."""
+    offered = teacher.evaluation_model()
+    if cfg.train.evaluate == "teacher" and offered is None:
+        raise UserError(f"train.evaluate = 'teacher', but teacher {cfg.choices['teacher'].name!r} offers no model to evaluate "
+                        "(only teachers that keep a model of the student's kind do, e.g. 'ema'). Use train.evaluate=auto or student.")
+    models = {"student": None, **({"teacher": offered} if offered is not None else {})}  # None: evaluate's default, the student
+    reported = "student" if cfg.train.evaluate == "student" or offered is None else "teacher"
+    return reported, models
 
 
 @dataclass
@@ -220,7 +251,11 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
     device = parts.device
     labels = torch.as_tensor(split.labeled.labels, device=device)
     # what trains: all of a fine-tuned model, the adapters and head of a LoRA one, the head on a frozen encoder
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay)
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    # a regulariser's own parameters (an auxiliary head): a second group, only when there are any (the optimizer's
+    # state of a run without them stays exactly what it was)
+    extra = list(parts.regulariser.parameters()) if parts.regulariser is not None else []
+    optimizer = torch.optim.AdamW([{"params": trainable}, {"params": extra}] if extra else trainable, lr=t.lr, weight_decay=t.weight_decay)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / t.warmup_steps) if t.warmup_steps else 1.0)
     # fp16 gradients underflow without loss scaling; disabled (fp32, bf16), the scaler passes calls straight through
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=t.precision == "fp16")
@@ -243,6 +278,7 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
         started, eval_seconds, augment_seconds = started - seconds["elapsed"], seconds["eval"], seconds["augment"]
     saved_at, saved_step = time.perf_counter(), first - 1
     teacher_scores = teacher_test_scores(parts, cfg, teacher, tokens) if parts.teacher.fixed else {}
+    reported, models = evaluated_models(cfg, parts.teacher)
     bar = tqdm(range(first, t.steps + 1), desc=f"{cfg.method} seed={cfg.seed}", disable=not progress, leave=False,
                initial=first - 1, total=t.steps)
     for step in bar:
@@ -257,6 +293,7 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
         loss = (per_example * keep).sum() / keep.sum().clamp(min=1)
         tally.add_labeled(float(loss.detach()), float(keep.mean()))
         weight = parts.schedule(step)
+        student_logits = weak = selection = None  # what a regulariser sees of a step without an unlabeled batch
         if unlabeled is not None and weight > 0:
             uidx = unlabeled.next()
             drawing = time.perf_counter()
@@ -266,10 +303,21 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
             targets, weights = chosen.targets.detach(), chosen.weights.detach()  # targets never carry gradient
             with half():
                 student_logits = student(**tokens(strong)).logits
-            consistency = (parts.distance(student_logits.float(), targets) * weights).mean()
+            student_logits = student_logits.float()
+            consistency = (parts.distance(student_logits, targets) * weights).mean()
             loss = loss + weight * consistency
+            selection = Selection(targets=targets, weights=weights, probs=chosen.probs.detach())
             for counter in (tally, whole_run):
-                counter.add_unlabeled(weights, targets, chosen.probs.detach(), split.pool_gold[uidx], float(consistency.detach()))
+                counter.add_unlabeled(weights, targets, selection.probs, split.pool_gold[uidx], float(consistency.detach()))
+        if parts.regulariser is not None:
+            with half():  # an auxiliary task's forward passes as the student's; the term comes back in fp32
+                term = parts.regulariser.loss(RegularisationBatch(
+                    step=step, labeled_logits=logits, labels=y, selector=parts.selector, unlabeled_logits=student_logits,
+                    weak_texts=weak, selection=selection))
+            if term is not None:
+                term = term.float()
+                loss = loss + term
+                tally.add_regulariser(float(term.detach()))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)  # skipped when fp16 gradients overflowed; the scale then shrinks
@@ -279,10 +327,15 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
 
         if step % t.eval_every == 0 or step == t.steps:
             eval_started = time.perf_counter()
-            last_probs = {}
-            record = {"step": step, **evaluate(parts, cfg, last_probs), **tally.summary(), "consistency_weight": weight, "tsa_threshold": eta,
+            scores, probs = {}, {name: {} for name in models}
+            for name, model in models.items():
+                scores[name] = evaluate(parts, cfg, probs[name], model)
+            last_probs = probs[reported]
+            both = {f"{name}_{key}": value for name, score in scores.items() for key, value in score.items()} if len(models) > 1 else {}
+            record = {"step": step, **scores[reported], **both, **tally.summary(), "consistency_weight": weight, "tsa_threshold": eta,
                       "lr": warmup.get_last_lr()[0], **parts.views.stats(),
-                      **{f"selector/{k}": v for k, v in parts.selector.stats().items()}}
+                      **{f"selector/{k}": v for k, v in parts.selector.stats().items()},
+                      **{f"regulariser/{k}": v for k, v in (parts.regulariser.stats() if parts.regulariser is not None else {}).items()}}
             eval_seconds += time.perf_counter() - eval_started
             record["elapsed_seconds"] = time.perf_counter() - started
             if record["val_accuracy"] is not None and (best is None or record["val_accuracy"] > best["val_accuracy"]):
@@ -310,6 +363,9 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
         "label_names": list(split.label_names),  # so reports name classes without loading the dataset
         "labeled_size": len(split.labeled), "validation_size": len(split.validation),
         "unlabeled_size": len(split.pool_texts), "test_size": len(split.test),
+        "evaluated_model": reported,  # whose metrics test_accuracy etc. are; "best" is its best validation accuracy
+        **{f"{name}_{key}{suffix}": source[f"{name}_{key}"] for name in models if len(models) > 1
+           for suffix, source in (("", record), ("_best_val", best)) for key in ("test_accuracy", "test_macro_f1")},
         **teacher_scores, "augment_seconds": augment_seconds, "pseudo_label_per_class": None if whole_run.per_class is None else
         dict(zip(("selected", "correct", "gold"), whole_run.per_class.tolist())),  # per class c, over the whole run
     }, predictions={  # calibration and per-class metrics in reports
@@ -330,6 +386,7 @@ def snapshot(step: int, student, optimizer, lr_schedule, parts: Parts, samplers:
     return {
         "step": step, "student": trained_state(student), "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
         "teacher": parts.teacher.state_dict(), "selector": parts.selector.state_dict(), "views": parts.views.state_dict(),
+        "regulariser": parts.regulariser.state_dict() if parts.regulariser is not None else {},
         "samplers": {name: sampler.state_dict() for name, sampler in samplers.items() if sampler is not None},
         "whole_run": whole_run.state_dict(), "rng": torch.get_rng_state(), "device_rng": _device_rng(parts.device), "seconds": seconds,
         "scaler": {} if scaler is None else scaler.state_dict(),  # fp16: the loss scale and its growth tracker
@@ -363,6 +420,8 @@ def restore(state: dict, student, optimizer, lr_schedule, parts: Parts, samplers
     lr_schedule.load_state_dict(state["lr_schedule"])
     parts.teacher.load_state_dict(state["teacher"])
     parts.selector.load_state_dict(state["selector"])
+    if parts.regulariser is not None and "regulariser" in state:  # checkpoints written before regularisers have none
+        parts.regulariser.load_state_dict(state["regulariser"])
     parts.views.load_state_dict(state["views"])
     for name, sampler in samplers.items():
         if sampler is not None:
@@ -393,8 +452,8 @@ def _set_device_rng(device: str, state) -> None:
 
 def misplaced_tensors(parts: Parts, state: dict, device: str) -> list[str]:
     """Every state tensor of a run that is not on ``device``, by path: the student, the optimizer, the
-    teacher and the selector of a checkpoint ``state`` (``snapshot``), and the tensors and modules the
-    teacher and selector hold as attributes (a teacher's own model need not be in its state_dict). The
+    teacher, the selector and the regulariser of a checkpoint ``state`` (``snapshot``), and the tensors
+    and modules the teacher, selector and regulariser hold as attributes (a teacher's own model need not be in its state_dict). The
     CPU parts of a checkpoint by design (random states, probabilities) are not looked at. What
     scripts/gpu_check.py asserts on a GPU, and tests/test_device.py on the CPU."""
     want = torch.device(device)
@@ -414,7 +473,10 @@ def misplaced_tensors(parts: Parts, state: dict, device: str) -> list[str]:
 
     for key in ("student", "optimizer", "teacher", "selector"):
         walk(key, state[key])
-    for name, holder in (("teacher", parts.teacher), ("selector", parts.selector)):
+    # a regulariser's random state ("rng", a generator's bytes) is a CPU part by design
+    walk("regulariser", {k: v for k, v in state.get("regulariser", {}).items() if k != "rng"})
+    holders = (("teacher", parts.teacher), ("selector", parts.selector), ("regulariser", parts.regulariser))
+    for name, holder in ((name, holder) for name, holder in holders if holder is not None):
         for attribute, value in vars(holder).items():
             if isinstance(value, (torch.Tensor, torch.nn.Module)):
                 walk(f"{name}.{attribute}", value)

@@ -37,7 +37,7 @@ GROUP_KEYS = ("dataset.name", "dataset.labels_per_class")
 CHECKPOINTS = {"last": ("test_accuracy", "test_macro_f1"), "best on validation": ("test_accuracy_best_val", "test_macro_f1_best_val")}
 EXTRA_RESULT_KEYS = ("augment_seconds", "eval_seconds", "labeled_size", "unlabeled_size", "test_size", "started_at",
                      "finished_at", "machine", "pseudo_label_per_class", "testbed_version", "git_commit", "label_names",
-                     "device", "precision")
+                     "device", "precision", "evaluated_model")
 COMPARISON_COLUMNS = ["group", "checkpoint", "cell", "baseline", "pairs", "mean_diff", "ci95_low", "ci95_high", "test", "p",
                       "effect_dz", "p_holm", "verdict"]
 

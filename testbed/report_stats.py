@@ -133,6 +133,68 @@ def friedman(table, alpha: float = ALPHA) -> Ranking:
     return Ranking(names, [float(r) for r in average], n, statistic, p, cd)
 
 
+@dataclass(frozen=True)
+class Effect:
+    term: str  # a factor, "A × B" for a two-way interaction, or the block
+    df: int
+    sum_sq: float
+    share: float  # η² = SS_term / SS_total: the share of the runs' variance the term explains
+    f: float | None  # F = MS_term / MS_residual; None for the block and without residual degrees of freedom
+    p: float | None
+
+
+def factorial_anova(frame, factors: list[str], response: str, block: str | None = None) -> tuple[list[Effect], int] | str:
+    """Which factors of a full factorial grid matter: a fixed-effects ANOVA of ``response`` on the
+    main effects and two-way interactions of ``factors``, with ``block`` (the seed) as a block, from a
+    DataFrame with one row per run. The residual is everything else (higher interactions, noise).
+    Returns (effects, residual df), or why it cannot be computed: the design must be balanced (every
+    combination of levels, blocks included, exactly once), so the sums of squares do not depend on
+    the order of the terms. Sums of squares from cell means:
+    SS_A = Σ_a n_a (ȳ_a − ȳ)², SS_AB = Σ_ab n_ab (ȳ_ab − ȳ_a − ȳ_b + ȳ)²."""
+    from scipy import stats
+
+    keys = [*factors, *([block] if block else [])]
+    data = frame[keys + [response]].dropna(subset=[response])
+    codes = {k: data[k].map(format_value) for k in keys}
+    levels = {k: sorted(set(codes[k])) for k in keys}
+    cells = math.prod(len(levels[k]) for k in keys)
+    combos = set(zip(*(codes[k] for k in keys)))
+    if len(data) != cells or len(combos) != cells:
+        return (f"the design is not a complete grid ({len(data)} runs with a result for {cells} combinations of "
+                f"{', '.join(keys)}): the analysis needs each combination exactly once")
+    y = data[response].to_numpy(dtype=float)
+    grand = y.mean()
+    total = float(((y - grand) ** 2).sum())
+
+    def main(k):
+        means = data.groupby(codes[k])[response].transform("mean").to_numpy()
+        return means - grand
+
+    effects, explained, used = [], 0.0, 0
+    terms = [(k,) for k in factors] + [(a, b) for i, a in enumerate(factors) for b in factors[i + 1:]]
+    for term in terms + ([(block,)] if block else []):
+        if len(term) == 1:
+            deviation, df = main(term[0]), len(levels[term[0]]) - 1
+        else:
+            a, b = term
+            cell = data.groupby([codes[a], codes[b]])[response].transform("mean").to_numpy()
+            deviation, df = cell - main(a) - main(b) - grand, (len(levels[a]) - 1) * (len(levels[b]) - 1)
+        sum_sq = float((deviation ** 2).sum())
+        effects.append([" × ".join(term), df, sum_sq])
+        explained += sum_sq
+        used += df
+    residual_df = len(y) - 1 - used
+    residual = max(total - explained, 0.0)
+    out = []
+    for name, df, sum_sq in effects:
+        f = p = None
+        if name != block and residual_df > 0 and df > 0:
+            f = (sum_sq / df) / (residual / residual_df) if residual > 0 else math.inf
+            p = float(stats.f.sf(f, df, residual_df)) if residual > 0 else 0.0
+        out.append(Effect(name, df, sum_sq, sum_sq / total if total else 0.0, f, p))
+    return out, residual_df
+
+
 def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """Expected calibration error with ``bins`` equal-width confidence bins, and per bin the mean
     confidence, the accuracy and the count (for a reliability diagram)."""

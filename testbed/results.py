@@ -17,7 +17,8 @@ from typing import Any
 from testbed.errors import UserError
 
 METRICS = ["test_accuracy", "test_accuracy_best_val", "test_macro_f1", "test_macro_f1_best_val", "val_accuracy_best",
-           "best_val_step", "mask_rate", "pseudo_label_accuracy", "teacher_test_accuracy", "steps", "wall_seconds", "train_seconds"]
+           "best_val_step", "mask_rate", "pseudo_label_accuracy", "teacher_test_accuracy", "student_test_accuracy", "steps",
+           "wall_seconds", "train_seconds"]
 RUN_ID = re.compile(r"[0-9a-f]{12}")
 SEED = "seed"
 

@@ -5,7 +5,7 @@ sections).
 Every record but ``Preset`` is a ``Component``: ``factory(options, context)`` builds the object the
 run uses, from the typed ``options`` (its fields are the config keys) and the context record of its
 kind (``AugmentationContext``, ``DatasetContext``, ``BackboneContext``, ``RunContext``,
-``TeacherContext``, ``ExecutorContext``). Everything here is public through ``testbed``; the hooks
+``TeacherContext``, ``RegulariserContext``, ``ExecutorContext``). Everything here is public through ``testbed``; the hooks
 that return the records are in ``testbed.hookspecs``.
 """
 
@@ -121,6 +121,17 @@ class TeacherContext(RunContext):
 
 
 @dataclass(frozen=True)
+class RegulariserContext(RunContext):
+    """What a regulariser's factory gets: the run's facts, the student the loss terms train and its
+    tokenizer (an auxiliary task on the shared encoder tokenizes and runs it itself), and the run's
+    selector (a term that reads a selector's state checks it here, before the run)."""
+
+    student: Any = None  # the model being trained (torch.nn.Module)
+    tokenizer: Any = None  # the student's Hugging Face tokenizer (mask token, special tokens)
+    selector: Any = None  # the run's BaseSelector, built before the regulariser
+
+
+@dataclass(frozen=True)
 class DatasetContext:
     """What a dataset's factory gets."""
 
@@ -218,6 +229,14 @@ class BaseTeacher:
         """Called after every optimizer step: EMA teachers average here; a teacher that
         re-initialises the student calls ``training.restart()``."""
 
+    def evaluation_model(self):
+        """The model the method's paper evaluates instead of the student, or None (the student is it).
+        Mean Teacher's EMA teacher returns its averaged model: the papers report it. The model takes
+        the student's tokens (``model(**inputs).logits``) and has ``train``/``eval``. With
+        ``train.evaluate = "auto"`` the run reports this model's metrics as its headline and the
+        student's beside them (``student_*`` and ``teacher_*`` keys)."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """What the teacher has learned or drawn since its factory built it (tensors, numbers,
         lists), for mid-run checkpoints; what the factory rebuilds identically need not be here."""
@@ -255,6 +274,47 @@ class BaseSelector:
         pass
 
 
+@dataclass
+class RegularisationBatch:
+    """What a regulariser sees at one training step. The unlabeled fields are None at a step without
+    an unlabeled batch (λ(step) = 0, or no pool)."""
+
+    step: int
+    labeled_logits: Any  # torch.Tensor [B, C]: the student on the labeled batch (fp32, with gradient)
+    labels: Any  # torch.Tensor [B]: their labels
+    selector: BaseSelector  # the run's selector, with its state (e.g. FreeMatch's EMAs)
+    unlabeled_logits: Any = None  # torch.Tensor [U, C]: the student on the strong view (fp32, with gradient)
+    weak_texts: list[str] | None = None  # the weak view of the unlabeled batch, the texts the teacher saw
+    selection: Selection | None = None  # the selector's targets, weights and teacher probs for that batch (no gradient)
+
+
+class BaseRegulariser:
+    """A batch-level loss term added to the objective: loss += Σ regulariser.loss(batch). Subclass
+    and override ``loss``; a regulariser with trainable parameters of its own (an auxiliary head)
+    returns them from ``parameters`` and the loop optimizes them beside the student."""
+
+    def loss(self, batch: RegularisationBatch):
+        """The term to add, a scalar tensor already multiplied by the regulariser's weight; None
+        adds nothing this step (e.g. a term on the unlabeled batch at a step without one)."""
+        raise NotImplementedError
+
+    def parameters(self) -> list:
+        """Trainable tensors of the regulariser's own (not the student's); the loop adds them to
+        the optimizer as a second parameter group."""
+        return []
+
+    def stats(self) -> dict[str, float]:
+        """Numbers recorded at every evaluation as ``regulariser/<key>``."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the regulariser has learned or drawn (its parameters, random state), for mid-run checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
 class Training:
     """The optimizer side of the run, as a teacher's ``update`` sees it."""
 
@@ -262,8 +322,11 @@ class Training:
         self.optimizer, self.lr_schedule = optimizer, lr_schedule
 
     def restart(self) -> None:
-        """The student's weights were replaced (re-initialised): its optimizer moments no longer apply."""
+        """The student's weights were replaced (re-initialised): its optimizer moments no longer apply,
+        and the learning-rate schedule starts again (a new student gets the warm-up the first one got)."""
         self.optimizer.state.clear()
+        self.lr_schedule.last_epoch = -1
+        self.lr_schedule.step()  # lr = base · schedule(0), as right after the optimizer was built
 
 
 class BaseExecutor:
@@ -355,6 +418,12 @@ class Teacher(Component):
 class Schedule(Component):
     """factory(options, RunContext) -> weight(step: int) -> float, the λ(t) of the consistency
     loss (0 skips the unlabeled batch)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Regulariser(Component):
+    """factory(options, RegulariserContext) -> BaseRegulariser: a batch-level loss term added to the
+    objective (FreeMatch's fairness term, entropy minimisation, an auxiliary task on the encoder)."""
 
 
 @dataclass(frozen=True, kw_only=True)

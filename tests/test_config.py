@@ -246,7 +246,7 @@ def test_dataset_path_routes_to_the_files_dataset(registry, tiny_dataset_dir):
 def test_resolved_config_has_every_option_with_its_default(registry):
     resolved = cfg_of(registry, "method=fixmatch", "backbone.name=tiny").resolved
     assert set(resolved) == {"method", "seed", "dataset", "backbone", "train", "augmentation",
-                             "teacher", "selector", "distance", "schedule", "tsa"}
+                             "teacher", "selector", "distance", "schedule", "tsa", "regulariser"}
     assert resolved["method"] == "fixmatch" and resolved["seed"] == 0
     assert resolved["train"] == dataclasses.asdict(TrainConfig())
     assert resolved["dataset"] == dataclasses.asdict(DatasetConfig())  # trec has no options
@@ -259,6 +259,7 @@ def test_resolved_config_has_every_option_with_its_default(registry):
     assert resolved["selector"] == {"name": "threshold", "threshold": 0.95, "soft": False, "temperature": 1.0}
     assert resolved["distance"] == {"name": "ce"}
     assert resolved["schedule"] == {"name": "constant", "weight": 1.0}
+    assert resolved["regulariser"] == {"name": "none"}
     assert json.loads(json.dumps(resolved)) == resolved  # plain data, saved as config.json
 
 
@@ -304,3 +305,15 @@ def test_keys_added_later_keep_the_run_ids_of_runs_made_before_them(registry):
     assert cfg_of(registry, "method=fixmatch", "backbone.name=tiny", "backbone.gradient_checkpointing=true").run_id == cfg.run_id
     assert cfg_of(registry, "method=fixmatch", "backbone.name=tiny", "backbone.lora.r=4").run_id != cfg.run_id
     assert cfg_of(registry, "method=fixmatch", "backbone.name=tiny", "train.precision=bf16").run_id != cfg.run_id
+
+
+@pytest.mark.parametrize("method", ["fixmatch", "supervised", "uda"])
+def test_the_regulariser_none_keeps_the_run_ids_of_runs_made_before_the_seam(registry, method):
+    cfg = cfg_of(registry, f"method={method}")
+    assert cfg.resolved["regulariser"] == {"name": "none"}
+    older = {key: value for key, value in json.loads(json.dumps(cfg.resolved)).items() if key != "regulariser"}
+    assert run_id(older) == cfg.run_id
+    assert cfg_of(registry, f"method={method}", "regulariser=entropy").run_id != cfg.run_id
+    saf = cfg_of(registry, "method=freematch")  # the preset's own regulariser is part of its id
+    assert saf.resolved["regulariser"] == {"name": "saf", "weight": 0.001}
+    assert saf.run_id != run_id({key: value for key, value in saf.resolved.items() if key != "regulariser"})

@@ -212,6 +212,7 @@ def test_bf16_with_native_cpu_support_or_off_the_cpu_does_not_warn(monkeypatch):
     ["method=flexmatch", "teacher.name=ema"], ["method=freematch", "teacher.name=snapshot"], ["method=softmatch"],
     ["method=fixmatch", "selector.name=curriculum"], ["method=fixmatch", "selector.name=topk", "selector.scope=round"],
     ["method=cotraining"], ["method=fixmatch", "backbone.name=frozen", "backbone.encoder=tiny"],
+    ["method=fixmatch", "regulariser=mlm"],  # a regulariser's own parameters (freematch's saf reads the selector's)
 ], ids=lambda m: " ".join(m))
 def test_every_state_tensor_is_on_the_run_device(registry, method):
     """The assertion scripts/gpu_check.py makes on a GPU; here the device is the CPU, and the same
@@ -233,6 +234,8 @@ def test_every_state_tensor_is_on_the_run_device(registry, method):
         assert {p.device.type for p in parts.student.store.encoder.parameters()} == {"cpu"} and parts.student.store.table
     assert any(line.startswith("student.") for line in found["elsewhere"])
     assert any(line.startswith("optimizer.") for line in found["elsewhere"])
+    if "regulariser=mlm" in method:
+        assert any(line.startswith("regulariser.") for line in found["elsewhere"])
 
 
 def test_the_gpu_check_script_runs_on_the_cpu_as_a_smoke_test(tmp_path):

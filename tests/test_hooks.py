@@ -58,6 +58,8 @@ CHECKS = {
     "testbed_selectors": lambda out, cfg, report: cfg["selector"]["name"] == "keep_soft",
     "testbed_teachers": lambda out, cfg, report: cfg["teacher"]["name"] == "initial",
     "testbed_schedules": lambda out, cfg, report: cfg["schedule"]["name"] == "second_half",
+    "testbed_regularisers": lambda out, cfg, report: cfg["regulariser"]["name"] == "confident" and all(
+        m["regulariser_loss"] > 0 for m in cfg["metrics"]),  # the term was added at every step
     "testbed_datasets": lambda out, cfg, report: cfg["dataset"]["name"] == "colours",
     "testbed_backbones": lambda out, cfg, report: cfg["backbone"]["name"] == "small",
     "testbed_presets": lambda out, cfg, report: cfg["method"] == "pi_model",
@@ -92,6 +94,7 @@ def test_the_core_calls_every_hook_of_the_examples(tmp_path):
         teacher.name = "initial"
         schedule.name = "second_half"
         augmentation.strong.name = "upper"
+        regulariser.name = "confident"
 
         [axes]
         "distance.name" = ["largest_gap", "explode"]
@@ -103,7 +106,8 @@ def test_the_core_calls_every_hook_of_the_examples(tmp_path):
     report = runner.invoke(main, ["--plugins-dir", str(plugins), "report", str(out), "-o", str(tmp_path / "report")])
     assert report.exit_code == 0, report.output
     (finished,) = (p for p in out.glob("*/result.json"))
-    cfg = {**json.loads((finished.parent / "config.json").read_text()), "run_id": finished.parent.name}
+    cfg = {**json.loads((finished.parent / "config.json").read_text()), "run_id": finished.parent.name,
+           "metrics": [json.loads(line) for line in (finished.parent / "metrics.jsonl").read_text().splitlines()]}
     markdown = Path(tmp_path / "report" / "index.md").read_text()
     failed = [hook for hook, check in CHECKS.items() if not check(ran.output, cfg, markdown)]
     assert not failed, f"not called, or not as documented: {failed}\n{ran.output}"

@@ -178,3 +178,42 @@ def test_the_ema_teacher_moves_after_the_optimizer_step(registry, recorded):
     ema = dict(parts.teacher.model.named_parameters())
     np.testing.assert_allclose(ema["weight"].detach().numpy(), alpha * w0 + (1 - alpha) * after[0].numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ema["bias"].detach().numpy(), alpha * b0 + (1 - alpha) * after[1].numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("evaluate", ["auto", "student"])
+def test_an_ema_teacher_is_the_model_evaluated_and_both_are_recorded(registry, recorded, evaluate):
+    """Mean Teacher's papers report the EMA weights: with train.evaluate=auto the headline metrics and
+    the saved probabilities are the teacher's, the student's are recorded beside them; =student swaps."""
+    cfg, parts, w0, b0 = setup(registry, {"name": "none"}, {"name": "ema", "options": {"decay": 0.9}})
+    cfg = resolve({**cfg.resolved, "train": {**cfg.resolved["train"], "evaluate": evaluate}}, registry)
+    trained = train(cfg, parts, progress=False)
+    (_, after), = recorded
+    w1, b1 = after[0].numpy(), after[1].numpy()
+    x_test = np.stack([features(t) for t in TEST])
+    student = softmax(x_test @ w1.T + b1)
+    teacher = softmax(x_test @ (0.5 * w0 + 0.5 * w1).T + (0.5 * b0 + 0.5 * b1))  # α = 1/2 at step 1
+    reported, other = (teacher, student) if evaluate == "auto" else (student, teacher)
+    np.testing.assert_allclose(trained.predictions["test_probs_last"], reported, rtol=1e-5, atol=1e-6)
+    result, labels = trained.result, np.array([1, 0, 2])
+    assert result["evaluated_model"] == ("teacher" if evaluate == "auto" else "student")
+    assert result["test_accuracy"] == pytest.approx(np.mean(reported.argmax(-1) == labels))
+    assert result["student_test_accuracy"] == pytest.approx(np.mean(student.argmax(-1) == labels))
+    assert result["teacher_test_accuracy"] == pytest.approx(np.mean(teacher.argmax(-1) == labels))
+    assert not np.allclose(student, teacher, atol=1e-3)  # the two models differ, so the test tells them apart
+
+
+def test_a_self_teacher_reports_the_student_only(registry, recorded):
+    cfg, parts, w0, b0 = setup(registry, {"name": "none"}, {"name": "self"})
+    result = train(cfg, parts, progress=False).result
+    assert result["evaluated_model"] == "student" and "student_test_accuracy" not in result and "teacher_test_accuracy" not in result
+
+
+def test_evaluating_a_teacher_without_a_model_is_refused(registry):
+    from testbed.errors import UserError
+    from testbed.loop import evaluated_models
+
+    cfg = resolve(parse_overrides(["method=fixmatch", "train.evaluate=teacher"]), registry)
+    record = registry.get("teacher", "self")
+    teacher = record.factory(record.options(), TeacherContext(num_classes=C, pool_size=1, steps=1, seed=0, student=None))
+    with pytest.raises(UserError, match="offers no model to evaluate"):
+        evaluated_models(cfg, teacher)

@@ -19,6 +19,7 @@ CATALOGUE = {
     "selector": {"threshold", "flexmatch", "curriculum", "uncertainty", "freematch", "softmatch", "topk", "none"},
     "teacher": {"self", "ema", "snapshot", "model", "cotrain", "prompt"},
     "schedule": {"constant", "linear", "sigmoid", "cosine", "decreasing", "tsa_linear", "tsa_log", "tsa_exp"},
+    "regulariser": {"none", "saf", "entropy", "mlm"},
     "preset": set(PRESETS),
 }
 # a preset's own teacher backbone would be MiniLM: a tiny one keeps the test fast
@@ -49,7 +50,7 @@ def test_plugins_json_lists_the_whole_catalogue():
 def test_every_preset_resolves_to_its_settings(registry, method):
     cfg = resolve(parse_overrides([f"method={method}", *EXTRA.get(method, [])]), registry)
     settings = registry.get("preset", method).settings
-    for seam in ("teacher", "selector", "distance", "schedule", "tsa"):
+    for seam in ("teacher", "selector", "distance", "schedule", "tsa", "regulariser"):
         for key, value in settings.get(seam, {}).items():
             if not (method in EXTRA and f"{seam}.{key}" in " ".join(EXTRA[method])):
                 assert cfg.resolved[seam][key] == value, (seam, key)

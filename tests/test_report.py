@@ -18,7 +18,7 @@ from scipy import stats
 from conftest import FAST
 from testbed.cli import main
 from testbed.report import render_report
-from testbed.report_stats import CI_NEEDS, calibration, friedman, holm, paired_test, summarize, verdict
+from testbed.report_stats import CI_NEEDS, calibration, factorial_anova, friedman, holm, paired_test, summarize, verdict
 
 # --------------------------------------------------------------------------- statistics
 
@@ -511,3 +511,87 @@ def test_nothing_is_written_into_the_shared_data(synthetic, data_root, command):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and "inside the shared data directory" in result.output, result.output
     assert sorted(p.name for p in data_root.iterdir()) == before
+
+
+# --------------------------------------------------------------------------- which factors matter
+
+
+def _factorial(seed: int = 0):
+    """A full 3 × 2 × 3 grid × 3 seeds: a large effect of a, a small one of b, an a × b interaction, noise."""
+    import itertools
+
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for a, b, c, s in itertools.product(["x", "y", "z"], ["p", "q"], ["k", "l", "m"], [0, 1, 2]):
+        y = {"x": 0.0, "y": 0.10, "z": 0.20}[a] + (0.02 if b == "q" else 0) + (0.05 if (a, b) == ("z", "q") else 0)
+        rows.append({"a": a, "b": b, "c": c, "seed": s, "acc": y + 0.01 * s + rng.normal(0, 0.01)})
+    return pd.DataFrame(rows)
+
+
+def _rss(frame, terms: list[tuple[str, ...]]) -> float:
+    """The residual sum of squares of a least-squares fit with one dummy column per level combination
+    of each term (an independent route to the sums of squares: SS_term = RSS without it − RSS with it)."""
+    import pandas as pd
+
+    columns = [np.ones(len(frame))]
+    for term in terms:
+        key = frame[list(term)].astype(str).agg("|".join, axis=1)
+        columns += [c.to_numpy(dtype=float) for _, c in pd.get_dummies(key).items()]
+    x = np.column_stack(columns)
+    fitted = x @ np.linalg.lstsq(x, frame["acc"].to_numpy(), rcond=None)[0]
+    return float(((frame["acc"].to_numpy() - fitted) ** 2).sum())
+
+
+def test_factorial_anova_sums_of_squares_match_a_least_squares_fit():
+    frame = _factorial()
+    mains = [("a",), ("b",), ("c",), ("seed",)]
+    pairs = [("a", "b"), ("a", "c"), ("b", "c")]
+    full = mains + pairs
+    effects, residual_df = factorial_anova(frame.assign(seed=frame.seed.map(str)), ["a", "b", "c"], "acc", block="seed")
+    by_term = {e.term: e for e in effects}
+    assert residual_df == 54 - 1 - (2 + 1 + 2 + 2 + 2 + 4 + 2)  # 40: the three-way term and the seed interactions
+    residual = _rss(frame, full)
+    for term in pairs:  # an interaction: drop it from the full model
+        expected = _rss(frame, [t for t in full if t != term]) - residual
+        assert by_term[" × ".join(term)].sum_sq == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    for term in mains:  # a main effect: drop it and its interactions (balanced: the same as type II)
+        kept = [t for t in mains if t != term] + [t for t in pairs if term[0] not in t]
+        expected = _rss(frame, kept) - _rss(frame, kept + [term])
+        assert by_term[term[0]].sum_sq == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    f = (by_term["a"].sum_sq / 2) / (residual / residual_df)
+    assert by_term["a"].f == pytest.approx(f) and by_term["a"].p == pytest.approx(stats.f.sf(f, 2, residual_df))
+    assert by_term["a"].p < 1e-10 and by_term["a × b"].p < 1e-3 and by_term["c"].p > 0.01  # c has no effect
+    assert by_term["seed"].p is None and sum(e.share for e in effects) < 1
+
+
+def test_factorial_anova_refuses_an_incomplete_grid():
+    frame = _factorial().iloc[1:]
+    reason = factorial_anova(frame, ["a", "b", "c"], "acc", block="seed")
+    assert isinstance(reason, str) and "53 runs with a result for 54 combinations" in reason
+
+
+def test_the_report_says_which_axes_matter_and_shows_a_teachers_student(tmp_path):
+    """A 2 × 2 grid × 3 seeds where only the distance moves accuracy: the ablation section's ANOVA
+    names it; a cell that reports its EMA teacher shows the student's accuracy beside it."""
+    out, n = tmp_path / "runs", 0
+    for distance in ("l2", "kl"):
+        for selector in ("threshold", "curriculum"):
+            for seed in range(3):
+                acc = 0.6 + (0.1 if distance == "kl" else 0.0) + 0.003 * seed + (0.002 if selector == "curriculum" and seed == 1 else 0)
+                fake_run(out, f"{n:012x}", "fixmatch", seed, acc, extra={"distance": {"name": distance}, "selector": {"name": selector}})
+                n += 1
+    md = _md(render_report([out], tmp_path / "report") and tmp_path / "report" / "index.md")
+    assert "Terms with a real effect, largest first: distance (η² = 0.99" in md
+    assert re.search(r"\| distance +\| 1 +\| 0\.99\d +\|.*\| matters +\|", md)
+    assert re.search(r"\| selector +\| 1 +\|.*\| no detectable effect \|", md)
+
+    teacher_runs = tmp_path / "mt"
+    for seed in range(2):
+        fake_run(teacher_runs, f"{seed:012x}", "meanteacher", seed, 0.7)
+        result = json.loads((teacher_runs / f"{seed:012x}" / "result.json").read_text())
+        result.update(evaluated_model="teacher", student_test_accuracy=0.6, teacher_test_accuracy=0.7)
+        (teacher_runs / f"{seed:012x}" / "result.json").write_text(json.dumps(result))
+    md = _md(render_report([teacher_runs], tmp_path / "mt-report") and tmp_path / "mt-report" / "index.md")
+    assert "student accuracy" in md and "0.6000 ± 0.0000" in md and "teacher accuracy" not in md

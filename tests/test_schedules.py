@@ -32,6 +32,27 @@ def test_constant_schedule(registry):
         resolve(parse_overrides(["schedule.weight=-1"]), registry)
 
 
+def test_delayed_schedule_is_zero_through_the_supervised_phase(registry):
+    weight = make(registry, "delayed", steps=100, weight=0.5, start=0.25)
+    assert [weight(t) for t in (1, 24, 25, 26, 100)] == [0.0, 0.0, 0.0, 0.5, 0.5]  # steps 1..25 supervised
+    assert make(registry, "delayed", steps=10, start=0.0)(1) == 1.0  # no supervised phase
+    with pytest.raises(UserError, match=r"schedule.start must be in \[0, 1\)"):
+        resolve(parse_overrides(["schedule.name=delayed", "schedule.start=1"]), registry)
+
+
+def test_noisy_students_first_teacher_is_trained_on_labeled_data_alone(registry, tmp_path):
+    """The preset's first round is supervised (no unlabeled batch, λ = 0) and ends where the snapshot
+    teacher takes its first copy: the first teacher never saw a pseudo-label."""
+    cfg = resolve(parse_overrides([*FAST, "method=noisy-student", "train.steps=8", "train.eval_every=1"]), registry)
+    rounds, start = cfg.resolved["teacher"]["rounds"], cfg.resolved["schedule"]["start"]
+    assert start == 1 / rounds
+    run = execute(cfg, registry, tmp_path, progress=False)
+    records = read_jsonl(run.run_dir / "metrics.jsonl")
+    supervised = [r["step"] for r in records if r["consistency_weight"] == 0]
+    assert supervised == [1, 2] and all(r["consistency_loss"] is None for r in records[:2])
+    assert all(r["consistency_loss"] is not None for r in records[2:])  # pseudo-labels from step 3, after the first refresh
+
+
 # --------------------------------------------------------------------------- λ(t)
 
 # Formulas written out independently of the plugin, with x = min(1, t / (ramp · T)).

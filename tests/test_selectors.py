@@ -438,6 +438,52 @@ def test_topk_round_scope_uses_pool_thresholds_after_the_first_round(registry):
     assert class_thresholds(s.stats(), 2) == pytest.approx([0.85, 0.7])
 
 
+# CBST (Zou et al. 2018), as its code computes it (yzou2/CRST crst_seg.py kc_parameters): per class,
+# the confidences of the examples predicted c sorted descending, k_c = floor(n_c · p), threshold = the
+# k_c-th of them, 1 when k_c = 0. Nine examples, three classes, p = 0.5:
+CBST_TOPS = [0.9, 0.8, 0.7, 0.6, 0.55, 0.95, 0.65, 0.6, 0.5]
+CBST_CLASSES = [0, 0, 0, 0, 0, 1, 1, 1, 2]
+
+
+def three_class_rows(tops, classes):
+    rows = []
+    for t, c in zip(tops, classes):
+        row = [(1 - t) / 2] * 3
+        row[c] = t
+        rows.append(row)
+    return batch(rows)
+
+
+def test_topk_proportion_keeps_floor_p_of_each_class_like_cbst(registry):
+    s = make(registry, "topk", RunContext(num_classes=3, pool_size=9, steps=10, seed=0), fraction=0.5,
+             per_class="proportion")
+    chosen = s.select(three_class_rows(CBST_TOPS, CBST_CLASSES), torch.arange(9), 1)
+    # class 0: n = 5, floor(2.5) = 2 -> 0.9, 0.8; class 1: n = 3, floor(1.5) = 1 -> 0.95; class 2: floor(0.5) = 0
+    assert chosen.weights.tolist() == [1, 1, 0, 0, 0, 1, 0, 0, 0]
+    assert class_thresholds(s.stats(), 3) == pytest.approx([0.8, 0.95, 1.0])
+    # the equal count on the same batch: k = ceil(0.5 · 9 / 3) = 2 for every class, all of class 2's one
+    s = make(registry, "topk", RunContext(num_classes=3, pool_size=9, steps=10, seed=0), fraction=0.5)
+    assert s.select(three_class_rows(CBST_TOPS, CBST_CLASSES), torch.arange(9), 1).weights.tolist() == [1, 1, 0, 0, 0, 1, 1, 0, 1]
+    assert class_thresholds(s.stats(), 3) == pytest.approx([0.8, 0.65, 0.5])
+
+
+def test_topk_proportion_round_scope_thresholds_from_the_pool(registry):
+    # pool 6, batches of 3, 10 steps: a round is 1 step (as above)
+    ctx = RunContext(num_classes=2, pool_size=6, steps=10, seed=0, unlabeled_batch_size=3)
+    s = make(registry, "topk", ctx, fraction=0.5, scope="round", per_class="proportion")
+    first = batch([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+    # class 0: floor(0.5 · 2) = 1 -> 0.9; class 1: floor(0.5 · 1) = 0 -> nothing, T = 1
+    assert s.select(first, torch.tensor([0, 1, 2]), 1).weights.tolist() == [1, 0, 0]
+    # memory: class 0 {0.9, 0.6}, class 1 {0.7} -> the same T = [0.9, 1]; 1.0 itself passes (CBST: p / T >= 1)
+    second = batch([[0.95, 0.05], [0.85, 0.15], [0.2, 0.8], [0.0, 1.0]])
+    assert s.select(second, torch.tensor([3, 4, 5, 0]), 2).weights.tolist() == [1, 0, 0, 1]
+    assert class_thresholds(s.stats(), 2) == pytest.approx([0.9, 1.0]) and s.stats()["round_thresholds"] == 1.0
+    # memory now {0: 1.0 (class 1), 1: 0.6, 2: 0.7, 3: 0.95, 4: 0.85, 5: 0.8}: class 0 {0.95, 0.85, 0.6} and
+    # class 1 {1.0, 0.8, 0.7}, floor(0.5 · 3) = 1 each -> T = [0.95, 1.0]
+    s.select(batch([[0.5, 0.5]]), torch.tensor([1]), 3)
+    assert class_thresholds(s.stats(), 2) == pytest.approx([0.95, 1.0])
+
+
 # --------------------------------------------------------------------------- every selector
 
 
@@ -458,7 +504,7 @@ STATEFUL = {"flexmatch", "freematch", "softmatch", "curriculum", "topk"}
 VARIANTS = [("threshold", {}), ("none", {}), ("flexmatch", {}), ("flexmatch", {"warmup": "pool", "soft": True}),
             ("freematch", {}), ("softmatch", {}), ("softmatch", {"soft": True, "temperature": 0.5}),
             ("curriculum", {}), ("uncertainty", {"passes": 3, "measure": "bald"}), ("topk", {}),
-            ("topk", {"scope": "round"})]
+            ("topk", {"scope": "round"}), ("topk", {"scope": "round", "per_class": "proportion"})]
 
 
 @pytest.mark.parametrize("name, options", VARIANTS)
@@ -508,6 +554,7 @@ def test_state_survives_save_and_load(registry, name, options, tmp_path):
     (["selector.name=uncertainty", "selector.max_uncertainty=-1"], "selector.max_uncertainty must be 0 or more"),
     (["selector.name=topk", "selector.fraction=0"], "selector.fraction must be in"),
     (["selector.name=topk", "selector.scope=epoch"], "selector.scope must be one of"),
+    (["selector.name=topk", "selector.per_class=share"], "selector.per_class must be one of 'count', 'proportion'"),
 ])
 def test_options_are_validated(registry, overrides, message):
     with pytest.raises(UserError, match=message):

@@ -550,3 +550,19 @@ def test_teachers_of_a_lora_student_run_end_to_end(registry, tmp_path, extra):
     run_dir, result, ran = execute(cfg, registry, tmp_path, progress=False)
     assert ran and result["steps"] == 6
     assert all(m["mask_rate"] == 1.0 and math.isfinite(m["consistency_loss"]) for m in read_jsonl(run_dir / "metrics.jsonl"))
+
+
+def test_a_restart_clears_the_moments_and_starts_the_warm_up_again():
+    """Noisy Student's re-initialised student gets what the first student got: no Adam moments from
+    the old weights, and the learning-rate warm-up from its first step."""
+    weight = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.AdamW([weight], lr=1.0)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 4))  # the loop's warm-up, 4 steps
+    first = warmup.get_last_lr()[0]
+    for _ in range(6):
+        weight.sum().backward()
+        optimizer.step()
+        warmup.step()
+    assert warmup.get_last_lr()[0] == 1.0 and optimizer.state
+    Training(optimizer, warmup).restart()
+    assert not optimizer.state and warmup.get_last_lr()[0] == first == 0.25 and optimizer.param_groups[0]["lr"] == 0.25
