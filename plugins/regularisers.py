@@ -108,9 +108,9 @@ class SelfAdaptiveFairness(BaseRegulariser):
 
 @dataclass(frozen=True)
 class EntropyOptions:
-    # λ: Grandvalet & Bengio chose it by validation; 0.06 is the entropy-minimisation weight of Oliver et al.
-    # (2018)'s VAT + EntMin, kept by USB as the default of its VAT (semilearn/algorithms/vat/vat.py,
-    # --ent_loss_ratio 0.06), which its NLP configs do not override (config/usb_nlp/vat/*.yaml)
+    # λ: Grandvalet & Bengio chose it by validation; 0.06 is the entropy-minimisation weight USB uses beside VAT
+    # (semilearn/algorithms/vat/vat.py, --ent_loss_ratio 0.06), which its NLP configs do not override
+    # (config/usb_nlp/vat/*.yaml)
     weight: float = 0.06
 
     def __post_init__(self):

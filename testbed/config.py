@@ -185,12 +185,22 @@ def load_toml(path: str | Path) -> dict:
         raise UserError(f"Config file {str(path)!r} is not valid TOML: {exc}. Fix the line it names.") from None
 
 
-def parse_value(text: str) -> Any:
-    """``0.95`` -> float, ``true`` -> bool, ``[1, 2]`` -> list, anything else -> the string."""
+def parse_value(text: str, key: str = "") -> Any:
+    """``0.95`` -> float, ``true`` -> bool, ``[1, 2]`` -> list, anything else -> the string. For a
+    name-valued ``key`` (``method``, ``*.name``, a seam such as ``distance``) a bare word stays a
+    string, even one TOML reads as a number or boolean: ``distance.name=nan`` names a plugin ``nan``."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    if is_name_key(key) and not isinstance(value, (str, dict, list)):
+        return text
+    return value
+
+
+def is_name_key(key: str) -> bool:
+    """Keys whose value names a preset or a plugin: ``method``, ``<seam>`` and ``<seam>.name``."""
+    return key == "method" or key in CHOICES or key.endswith(".name") and key[: -len(".name")] in CHOICES
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -199,7 +209,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"Override {item!r} is not key=value. Example: selector.threshold=0.9")
-        set_dotted(nested, key.strip(), parse_value(value.strip()))
+        set_dotted(nested, key.strip(), parse_value(value.strip(), key.strip()))
     return nested
 
 
@@ -250,6 +260,13 @@ def normalize_choices(layer: dict) -> dict:
     return layer
 
 
+def _quote_hint(value: Any) -> str:
+    """For a name that TOML read as a number or boolean (``name = nan`` in a file): how to write it."""
+    if isinstance(value, (bool, int, float)):
+        return f" In a TOML file, quote a name that reads as a number or boolean: name = \"{str(value).lower()}\"."
+    return ""
+
+
 # --------------------------------------------------------------------------- resolving
 
 
@@ -259,7 +276,11 @@ def resolve(user: dict, registry) -> RunConfig:
     user = normalize_choices(user)
     method = user.get("method", DEFAULTS["method"])
     if not isinstance(method, str):
-        raise UserError(f"Config key 'method' must be a preset name, got {method!r}.")
+        raise UserError(f"Config key 'method' must be a preset name, got {method!r}.{_quote_hint(method)}")
+    for path in CHOICES:  # a name TOML read as a number (name = nan) must fail here: nan != nan would drop it below
+        name = get_dotted(user, f"{path}.name")
+        if name is not None and not isinstance(name, str):
+            raise UserError(f"Config key '{path}.name' must name a {CHOICES[path]}, got {name!r}.{_quote_hint(name)}")
     preset = normalize_choices(dict(registry.get("preset", method).settings))
     layers = [normalize_choices(DEFAULTS), preset, user]
     drop_replaced_options(layers)
@@ -289,7 +310,8 @@ def resolve(user: dict, registry) -> RunConfig:
         values = dict(get_dotted(merged, path) or {})
         name = values.get("name")
         if not isinstance(name, str):
-            raise UserError(f"Config key '{path}.name' must name a {kind}, got {name!r}. {did_you_mean('', registry.names(kind), kind + 's')}")
+            raise UserError(f"Config key '{path}.name' must name a {kind}, got {name!r}.{_quote_hint(name)} "
+                            f"{did_you_mean('', registry.names(kind), kind + 's')}")
         record = registry.get(kind, name)
         _, options = build_section(path, None, values, record)
         options = _resolve_nested_specs(options, registry, path)
@@ -346,7 +368,7 @@ def drop_replaced_options(layers: list[dict]) -> None:
                 name = spec.get("name", name)
                 specs.append((spec, name))
         for spec, chosen in specs:
-            if chosen is not None and chosen != name:
+            if chosen is not None and chosen is not name and chosen != name:  # "is": a nan name stays for resolve to refuse
                 spec.clear()
 
 

@@ -91,6 +91,9 @@ def load_grid(path: str | Path | None, overrides: Iterable[str] = ()) -> Grid:
         grid = Grid()
     else:
         data = load_toml(path)  # UserError for a missing or malformed file
+        if not data:  # an empty file would silently be one run of every default (supervised, MiniLM, every step)
+            raise UserError(f"Grid file {str(path)!r} is empty. Give it [axes] (dotted keys with lists of values) and, if "
+                            "needed, [base] and seeds; e.g. benchmarks/ablation_tiny.toml. For one run, use `testbed run`.")
         grid = parse_grid(data, source=str(path))
     apply_overrides(grid, list(overrides))
     check_grid(grid)
@@ -216,7 +219,7 @@ def apply_overrides(grid: Grid, overrides: list[str]) -> None:
         if pieces is not None:
             if any(not p.strip() for p in pieces):
                 raise UserError(f"Axis {key!r} from the command line has an empty value in {text!r}.")
-            values = [parse_value(p.strip()) for p in pieces]
+            values = [parse_value(p.strip(), key) for p in pieces]
             _check_not_zipped(grid, key, "replace it from the command line")
             grid.axes[key] = values
             if SEED in grid.axes:
@@ -226,7 +229,7 @@ def apply_overrides(grid: Grid, overrides: list[str]) -> None:
                 _check_not_zipped(grid, key, "fix it to one value")
                 del grid.axes[key]
                 grid.exclude = [{k: v for k, v in e.items() if k != key} for e in grid.exclude]
-            set_dotted(grid.base, key, parse_value(text))
+            set_dotted(grid.base, key, parse_value(text, key))
 
 
 def _check_not_zipped(grid: Grid, key: str, what: str) -> None:

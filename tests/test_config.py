@@ -317,3 +317,31 @@ def test_the_regulariser_none_keeps_the_run_ids_of_runs_made_before_the_seam(reg
     saf = cfg_of(registry, "method=freematch")  # the preset's own regulariser is part of its id
     assert saf.resolved["regulariser"] == {"name": "saf", "weight": 0.001}
     assert saf.run_id != run_id({key: value for key, value in saf.resolved.items() if key != "regulariser"})
+
+
+# --------------------------------------------------------------------------- names that read as numbers
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "true", "1", "1e3"])
+def test_a_name_valued_key_keeps_a_name_that_reads_as_a_number(text):
+    nested = parse_overrides([f"distance.name={text}", f"method={text}", f"selector={text}", f"augmentation.strong={text}"])
+    assert nested == {"distance": {"name": text}, "method": text, "selector": text, "augmentation": {"strong": text}}
+    assert parse_overrides([f"selector.threshold={text}"])["selector"]["threshold"] != text  # options stay typed
+
+
+def test_a_plugin_named_nan_can_be_chosen(registry):
+    from testbed import Distance
+
+    records = {kind: dict(records) for kind, records in registry.records.items()}
+    records["distance"]["nan"] = (Distance(name="nan", summary="a plugin named nan", factory=registry.get("distance", "l2").factory), "test")
+    extra = dataclasses.replace(registry, records=records)
+    assert resolve(parse_overrides(["distance.name=nan"]), extra).choices["distance"].name == "nan"
+
+
+def test_a_toml_name_that_is_a_number_says_to_quote_it(registry):
+    import tomllib
+
+    with pytest.raises(UserError, match=r"got nan\. In a TOML file, quote a name .*: name = \"nan\""):
+        resolve(tomllib.loads("distance.name = nan"), registry)
+    with pytest.raises(UserError, match=r"got True\. In a TOML file, quote"):
+        resolve(tomllib.loads("selector.name = true"), registry)

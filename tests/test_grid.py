@@ -176,6 +176,9 @@ BAD = {
     "exclude_value.toml": ('exclude = [{"distance.name" = "l3"}]\n[axes]\n"distance.name" = ["l1", "l2"]\n',
                            "exclude entry 1: distance.name=l3 is not a value of that axis (l1, l2)"),
     "seeds.toml": ('seeds = ["a"]\n', "seeds must be integers"),
+    "empty.toml": ("", "is empty. Give it [axes]"),
+    "comments_only.toml": ("# a grid to fill in later\n", "is empty. Give it [axes]"),
+    "nan_name.toml": ('[axes]\n"distance.name" = [nan, "l2"]\n', 'must name a distance, got nan. In a TOML file, quote a name'),
 }
 
 
