@@ -11,8 +11,8 @@ pyproject.toml, exactly as a third-party plugin would be, and imports only ``fro
   ``precomputed`` (views stored in dataset columns), ``compositions`` (sequence, one_of,
   randaugment); ``_text`` (seeded randomness, option checks) and ``_resources`` (WordNet, the POS
   tagger, GloVe) hold helpers they share and register nothing;
-- data and models: ``datasets``, ``backbones``, ``frozen`` (a head on cached outputs of a frozen
-  encoder); methods: ``presets``;
+- data and models: ``datasets``, ``tasks`` (sentence and token classification: what the rows
+  choose), ``backbones``, ``frozen`` (a head on cached outputs of a frozen encoder); methods: ``presets``;
 - grids: ``executors`` (serial, local processes, dask), ``trackers`` (MLflow, TensorBoard);
 - reports: ``report_sections`` (the built-in sections: leaderboard, comparisons, ranks,
   ablation, dynamics, calibration, cost, provenance), ``published`` (published results beside ours).

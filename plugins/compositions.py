@@ -50,7 +50,12 @@ def sequence(options: SequenceOptions, context):
             texts = step(texts, derive_seeds(seeds, 1 + k))
         return texts
 
-    return Augmenter(augment)
+    return Augmenter(augment, keeps_words=_all_keep_words(steps))
+
+
+def _all_keep_words(augments) -> bool:
+    """A composition keeps every word in place when each of its parts does."""
+    return all(getattr(augment, "keeps_words", False) for augment in augments)
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ def one_of(options: OneOfOptions, context):
         u, _ = uniforms(seeds, [1] * len(texts), salt=6)
         return apply_grouped(choices, np.searchsorted(edges, u, side="right"), texts, seeds, salt=1)
 
-    return Augmenter(augment)
+    return Augmenter(augment, keeps_words=_all_keep_words(choices))
 
 
 DEFAULT_OPS = ["word_delete", "word_swap", {"name": "word_mask", "span": 2.0}, "token_dropout", "token_mask"]
@@ -112,7 +117,7 @@ def randaugment(options: RandAugmentOptions, context):
             texts = apply_grouped(ops, order[:, position], texts, seeds, salt=100 * (position + 1))
         return texts
 
-    return Augmenter(augment)
+    return Augmenter(augment, keeps_words=_all_keep_words(ops))
 
 
 @hookimpl

@@ -1,4 +1,5 @@
-"""Datasets: the six benchmark sets of the data directory, local files, and the Hugging Face hub."""
+"""Datasets: the benchmark sets of the data directory (six sentence-classification sets and CoNLL-2003
+NER), local files, and the Hugging Face hub."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,10 @@ BENCHMARKS = {
     "trec": "TREC question type, 6 coarse classes (5,452 train, 500 test)",
     "mr": "Movie-review sentence polarity, 2 classes (9,596 train, 1,066 test)",
     "sms_spam": "SMS spam detection, 2 classes, 13% spam (4,460 train, 1,114 test)",
+    "conll2003": "CoNLL-2003 English named entities, token classification, 9 IOB2 tags of PER, ORG, LOC, MISC "
+                 "(14,041 train, 3,250 dev, 3,453 test sentences)",
 }
+TASKS = {"conll2003": "token"}  # what their rows choose, declared so a config knows before the data is read
 
 
 def benchmark(name: str):
@@ -92,8 +96,9 @@ def hub(options: HubOptions, context) -> DatasetSplits:
 @hookimpl
 def testbed_datasets():
     return [
-        *[Dataset(name=name, summary=summary, factory=benchmark(name)) for name, summary in BENCHMARKS.items()],
-        Dataset(name="files", summary="local jsonl/csv/parquet files with text and label columns", factory=files, options=FilesOptions,
+        *[Dataset(name=name, summary=summary, factory=benchmark(name), task=TASKS.get(name, "")) for name, summary in BENCHMARKS.items()],
+        Dataset(name="files", summary="local jsonl/csv/parquet files with text and label columns, or tokens and tags columns "
+                "(token classification)", factory=files, options=FilesOptions,
                 shorthand=lambda name: {"path": name} if Path(name).exists() else None),  # dataset.name=path/to/data
         Dataset(name="hub", summary="a Hugging Face datasets hub id (online)", factory=hub, options=HubOptions),
     ]

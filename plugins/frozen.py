@@ -207,6 +207,10 @@ class FrozenEncoderClassifier(nn.Module):
 
 
 def frozen(options: FrozenOptions, context):
+    if getattr(context, "head", "sequence") != "sequence":
+        raise UserError(f"backbone 'frozen' does not do token classification yet: its feature cache holds one pooled vector per "
+                        f"text, and the task needs a {context.head!r} head (one output per token). Use a fine-tuned backbone "
+                        "such as backbone.name=tiny or minilm.")
     root = store_dir("features")  # never inside the shared data
     try:  # through the run's registry, so the encoder may come from --plugins-dir; a random `tiny` draws from the run's seed
         model, tokenizer = context.load_backbone(options.encoder)

@@ -223,7 +223,8 @@ def mlm_substitute(options: MlmOptions, context):
             out[i] = replace_spans(texts[i], spans_i, new)
         return out
 
-    return Augmenter(in_batches(batch, o.batch_size), fingerprint=path_fingerprint(o.model))
+    # a chosen word is replaced by one vocabulary token, stripped of spaces: every word stays in place (token tasks)
+    return Augmenter(in_batches(batch, o.batch_size), fingerprint=path_fingerprint(o.model), keeps_words=True)
 
 
 # --------------------------------------------------------------------------- paraphrase
@@ -331,7 +332,7 @@ def paraphrase(options: ParaphraseOptions, context):
 def testbed_augmentations():
     return [
         Augmentation(name="mlm_substitute", summary="words replaced by a masked LM's samples in context (one forward pass "
-                     "per batch; any local or hub MLM)", factory=mlm_substitute, options=MlmOptions),
+                     "per batch; any local or hub MLM)", factory=mlm_substitute, options=MlmOptions, keeps_words=True),
         Augmentation(name="paraphrase", summary="a causal LM's sampled paraphrase (any local or hub model; batched, "
                      "seeded per text)", factory=paraphrase, options=ParaphraseOptions),
     ]

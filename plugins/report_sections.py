@@ -68,6 +68,11 @@ def runs_section(results, context) -> ReportSection:
     import pandas as pd
 
     blocks: list = []
+    if "set" in results and results["set"].nunique() > 1:  # testbed report RUNS_DIR... --compare-to DIR...
+        dirs = lambda label: ", ".join(sorted(set(results.loc[results["set"] == label, "runs_dir"])))  # noqa: E731
+        blocks.append(f"Two sets of runs side by side: *runs* ({dirs('runs')}) and *compare* ({dirs('compare')}). Each cell's "
+                      "name ends in its set, the paired comparisons are against the baseline cell of the compare set where it "
+                      "has one, and a run found in both sets counts in each (in the compare set its id ends in \"(compare)\").")
     bad = results[results.status != "done"]
     if len(bad):
         table = bad[["runs_dir", "run_id", "status", "group", "cell", "seed" if "seed" in bad else "run_id", "error"]].copy()
@@ -205,12 +210,12 @@ def ablation_section(results, context) -> ReportSection:
                     "other axes and the seeds; the CI is the t-interval over those runs."]
     any_axis = False
     for gi, group in enumerate(context.groups):
-        runs = _runs(results, group)
+        runs, note = _without_outside_baseline(_runs(results, group), context.baseline_cells.get(group), context.cell_keys)
         axes = [k for k in context.cell_keys if k in runs and len({_hashable(v) for v in runs[k]}) > 1]
         if not axes:
             continue
         any_axis = True
-        blocks.append(f"**{group}**")
+        blocks += [f"**{group}**", *([note] if note else [])]
         for axis in axes:
             rows = []
             for _, sub in sorted(runs.groupby(runs[axis].map(_hashable)), key=lambda kv: kv[0]):
@@ -228,6 +233,19 @@ def ablation_section(results, context) -> ReportSection:
     if not any_axis:
         blocks.append("No axis varies within a dataset and budget.")
     return ReportSection(name="ablation", title="Ablation effects", blocks=tuple(blocks), order=40)
+
+
+def _without_outside_baseline(runs, baseline: str | None, keys) -> tuple:
+    """The group's runs without the baseline cell when it lies outside the grid (an extra cell, e.g.
+    supervised beside a grid of augmentation × distance × selector: its values are none of the axes'
+    levels on two axes or more), so the axes' means and the factorial analysis describe the grid."""
+    if baseline is None or not (runs.cell == baseline).any():
+        return runs, ""
+    inside, base = runs[runs.cell != baseline], runs[runs.cell == baseline]
+    outside = [k for k in keys if k in runs and not {_hashable(v) for v in base[k]} <= {_hashable(v) for v in inside[k]}]
+    if len(outside) < 2:
+        return runs, ""
+    return inside, f"The baseline cell ({baseline}) lies outside the grid's axes and is left out of this section."
 
 
 def _factor_table(runs, axes: list[str]) -> list:
@@ -458,6 +476,8 @@ def provenance_section(results, context) -> ReportSection:
         {"what": "git commit (report)", "value": git_commit() or "unknown (not a git checkout)"},
         {"what": "git commits (runs)", "value": ", ".join(commits) or "not recorded by these runs"},
         {"what": "runs directories", "value": ", ".join(str(d) for d in context.runs_dirs)},
+        *([{"what": "compared to (--compare-to)", "value": ", ".join(sorted(set(results.loc[results["set"] == "compare", "runs_dir"])))}]
+          if "set" in results and (results["set"] == "compare").any() else []),
         {"what": "grid files", "value": ", ".join(grids) or "none found in the runs directories"},
         {"what": "cell keys", "value": ", ".join(context.cell_keys) or "–"},
         {"what": "first run started", "value": started[0] if started else "–"},

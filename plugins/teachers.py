@@ -169,6 +169,14 @@ def _load_or_error(context, name: str, teacher: str):
     return context.load_backbone(name)
 
 
+def sentence_only(context, teacher: str) -> None:
+    """Teachers that train or prompt a model of their own score texts, not words: token tasks are refused."""
+    task = getattr(context, "task", None)
+    if task is not None and task.head != "sequence":
+        raise UserError(f"teacher {teacher!r} does not do token classification yet (it trains or asks a model of its own per "
+                        "text); token tasks take the teachers self, ema and snapshot.")
+
+
 def _check_training_options(options) -> None:
     """The options of teachers that train a model of their own."""
     if options.lr <= 0:
@@ -356,6 +364,12 @@ class ModelTeacher(BaseTeacher):
     labeled set for ``steps`` AdamW steps (shuffled batches, seeded with the run's seed) before the
     run starts, then frozen; its soft targets softmax(z / T) teach the student on unlabeled text.
     The backbones may differ (e.g. a larger teacher): the teacher tokenizes the texts itself.
+
+    Token tasks (NER): the teacher is a token classifier (the run's backbones build the task's head),
+    fine-tuned on the labeled words through the task's encoding, rows and labels; its probabilities
+    per word are put at the positions of the student's encoding of the same words ([B, T, C] in the
+    student's tokens), so the two tokenizers may differ. A word the teacher's ``max_length`` cut off
+    gets the uniform distribution.
     """
 
     fixed = True  # trained before the run, then frozen
@@ -363,12 +377,17 @@ class ModelTeacher(BaseTeacher):
     def __init__(self, options: ModelOptions, context):
         labeled = _labeled_or_error(context, "model")
         self.temperature = options.temperature
+        task = getattr(context, "task", None)
+        self.task = task if task is not None and task.head == "token" else None  # per-word targets
         # A private RNG stream: the teacher's head and dropout neither depend on nor disturb the run's.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(context.seed)
             self.model, tokenizer = _load_or_error(context, options.backbone, "model")
             self.model.to(context.device)  # where the student is: its probabilities meet the student's logits
-            self.tokens = _own_tokenizer(tokenizer, options.max_length, context.device)
+            if self.task is None:
+                self.tokens = _own_tokenizer(tokenizer, options.max_length, context.device)
+            else:
+                self.tokens = lambda texts: self.task.encode(tokenizer, texts, options.max_length).to(context.device)
             self._fine_tune(labeled, options, np.random.default_rng(context.seed))
         self.model.requires_grad_(False).eval()
 
@@ -379,14 +398,35 @@ class ModelTeacher(BaseTeacher):
         self.model.train()
         for _ in range(options.steps):
             idx = batches.next()
-            logits = self.model(**self.tokens([labeled.texts[i] for i in idx])).logits
-            loss = F.cross_entropy(logits, labels[idx])
+            inputs = self.tokens([labeled.texts[i] for i in idx])
+            logits = self.model(**inputs).logits
+            if self.task is None:
+                loss = F.cross_entropy(logits, labels[idx])
+            else:  # the labeled words' tags, at their first subwords
+                tags = torch.as_tensor(self.task.labels(labeled, idx, inputs), dtype=torch.long, device=logits.device)
+                loss = F.cross_entropy(self.task.rows(logits, inputs), tags)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
     def probs(self, batch, stochastic=False):
-        return _probabilities(self.model, self.tokens(batch.texts), stochastic, self.temperature)
+        own = self.tokens(batch.texts)
+        probs = _probabilities(self.model, own, stochastic, self.temperature)
+        return probs if self.task is None else in_student_positions(probs, own.words, batch.inputs.words)
+
+
+def in_student_positions(probs, own_words, student_words):
+    """A token classifier's probabilities [B, T', C] on its own encoding (``own_words``: the word each
+    position starts, -1 elsewhere) at the student's positions of the same words [B, T, C]; a word
+    absent from the teacher's encoding (cut by its max_length) gets the uniform distribution."""
+    batch, classes = probs.shape[0], probs.shape[-1]
+    own_words, student_words = own_words.to(probs.device), student_words.to(probs.device)
+    width = int(max(int(own_words.max()), int(student_words.max()), -1)) + 1
+    table = torch.full((batch, width + 1, classes), 1.0 / classes, dtype=probs.dtype, device=probs.device)
+    b, t = (own_words >= 0).nonzero(as_tuple=True)
+    table[b, own_words[b, t]] = probs[b, t]
+    rows = torch.arange(batch, device=probs.device)[:, None]
+    return table[rows, torch.where(student_words >= 0, student_words, width)]
 
 
 # --------------------------------------------------------------------------- cotrain
@@ -474,6 +514,7 @@ class CotrainTeacher(BaseTeacher):
     """
 
     def __init__(self, options: CotrainOptions, context):
+        sentence_only(context, "cotrain")
         student = context.student
         self.labeled = _labeled_or_error(context, "cotrain")
         self.threshold, self.batch_size = options.threshold, options.batch_size

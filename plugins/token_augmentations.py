@@ -6,6 +6,9 @@ vectorised pass from the texts' seeds. Texts of fewer than two tokens pass throu
 
 ``tokenizer`` is ``minilm`` (the MiniLM WordPiece vocabulary, the default student's) or any
 Hugging Face tokenizer by local path or hub id; it must be a fast tokenizer (offsets).
+
+``token_mask`` and ``span_mask`` (without ``collapse``) keep the spaces between words, so every
+word stays in place for token tasks (``keeps_words``); ``token_dropout`` can drop whole words.
 """
 
 from __future__ import annotations
@@ -67,9 +70,10 @@ def runs(indices) -> list[tuple[int, int]]:
     return out
 
 
-def token_augmenter(options, choose, rebuild, need_mask: bool = True):
+def token_augmenter(options, choose, rebuild, need_mask: bool = True, keeps_words: bool = False):
     """augment() that tokenizes the batch, draws each token's uniforms (two per token) in one
-    pass, lets ``choose(u1, u2) -> chosen token indices`` decide and ``rebuild`` write the view."""
+    pass, lets ``choose(u1, u2) -> chosen token indices`` decide and ``rebuild`` write the view;
+    ``keeps_words``: ``rebuild`` never touches the whitespace between words (Augmenter.keeps_words)."""
     tokenizer = load_tokenizer(options.tokenizer, need_mask)
 
     def augment(texts, seeds):
@@ -86,7 +90,7 @@ def token_augmenter(options, choose, rebuild, need_mask: bool = True):
             out.append(rebuild(text, spans, chosen, tokenizer) if len(chosen) else text)
         return out
 
-    return Augmenter(augment)
+    return Augmenter(augment, keeps_words=keeps_words)
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,12 @@ def token_mask(options: TokenMaskOptions, context):
     def rebuild(text, spans, chosen, tokenizer):
         return replace_spans(text, [spans[k] for k in chosen], tokenizer.mask_token)
 
-    return token_augmenter(options, choose, rebuild)
+    # a token's characters become the mask token; the spaces between words stay (a word may become "U[MASK]S.")
+    return token_augmenter(options, choose, rebuild, keeps_words=_single_word(load_tokenizer(options.tokenizer).mask_token))
+
+
+def _single_word(token: str | None) -> bool:
+    return bool(token) and len(token.split()) == 1 and token.split()[0] == token
 
 
 @dataclass(frozen=True)
@@ -148,7 +157,8 @@ def span_mask(options: SpanMaskOptions, context):
             return replace_spans(text, merged, tokenizer.mask_token)
         return replace_spans(text, [spans[k] for k in chosen], tokenizer.mask_token)
 
-    return token_augmenter(o, choose, rebuild)
+    # one mask per token keeps the spaces between words; collapse merges a span across words into one mask
+    return token_augmenter(o, choose, rebuild, keeps_words=not o.collapse and _single_word(load_tokenizer(o.tokenizer).mask_token))
 
 
 @dataclass(frozen=True)
@@ -179,9 +189,9 @@ def token_dropout(options: TokenDropoutOptions, context):
 def testbed_augmentations():
     return [
         Augmentation(name="token_mask", summary="each tokenizer token replaced by the mask token with probability p",
-                     factory=token_mask, options=TokenMaskOptions),
+                     factory=token_mask, options=TokenMaskOptions, keeps_words=True),
         Augmentation(name="span_mask", summary="spans of tokens (geometric length) replaced by the mask token (SpanBERT-style)",
-                     factory=span_mask, options=SpanMaskOptions),
+                     factory=span_mask, options=SpanMaskOptions, keeps_words=True),
         Augmentation(name="token_dropout", summary="each tokenizer token dropped with probability p",
                      factory=token_dropout, options=TokenDropoutOptions),
     ]

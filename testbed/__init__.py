@@ -50,12 +50,14 @@ from testbed.types import (
     BaseExecutor,
     BaseRegulariser,
     BaseSelector,
+    BaseTask,
     BaseTeacher,
     Component,
     Dataset,
     DatasetContext,
     DatasetSplits,
     Distance,
+    Encoded,
     Executor,
     ExecutorContext,
     NoOptions,
@@ -73,6 +75,8 @@ from testbed.types import (
     Schedule,
     Selection,
     Selector,
+    Task,
+    TaskContext,
     Teacher,
     TeacherContext,
     TextBatch,
@@ -85,10 +89,12 @@ __version__ = "0.1.0"
 __all__ = [
     # the hooks' records, the contexts factories get, the interfaces of what they build
     "Augmentation", "AugmentationContext", "AugmentationSpec", "Augmenter", "Backbone", "BackboneContext", "BaseExecutor",
-    "BaseRegulariser", "BaseSelector", "BaseTeacher", "Component", "Dataset", "DatasetContext", "DatasetSplits", "Distance", "Executor",
-    "ExecutorContext", "NoOptions", "Preset", "Record", "RegularisationBatch", "Regulariser",
-    "RegulariserContext", "RunContext", "Sampler", "Schedule", "Selection", "Selector", "Teacher",
+    "BaseRegulariser", "BaseSelector", "BaseTask", "BaseTeacher", "Component", "Dataset", "DatasetContext", "DatasetSplits", "Distance",
+    "Encoded", "Executor", "ExecutorContext", "NoOptions", "Preset", "Record", "RegularisationBatch", "Regulariser",
+    "RegulariserContext", "RunContext", "Sampler", "Schedule", "Selection", "Selector", "Task", "TaskContext", "Teacher",
     "TeacherContext", "TextBatch", "Texts", "Training", "UserError", "hookimpl", "__version__",
+    # model helpers for tasks and backbones: the run's autocast, inputs on a device, accuracy and macro-F1 of rows
+    "accuracy_and_macro_f1", "autocast", "to_device",
     # datasets and local data
     "DATA_DIR_ENV", "data_dir", "infer_label_names", "load_dataset_dir", "load_dataset_files", "read_rows", "rows_to_texts",
     # caches (one content-addressed store) and outputs
@@ -99,4 +105,22 @@ __all__ = [
     "cd_diagram", "factorial_anova", "format_ci", "format_effect", "format_mean_std", "format_number", "format_p", "format_value", "friedman",
     "heatmap", "holm", "line_plot", "new_figure", "paired_test", "per_class_f1", "reliability_plot", "summarize",
     "threshold_plot", "verdict",
+    # the Python API for notebooks and scripts (testbed/api.py): the CLI's run, grid, report and results
+    "grid", "load_results", "report", "run",
 ]
+
+# Last, as it imports the core: testbed.grid and testbed.report are these functions; their modules stay
+# importable by name (`from testbed.grid import expand`), and testbed.api imports them first, so that no
+# later import of theirs rebinds the names.
+from testbed.api import grid, load_results, report, run
+
+# Names from modules that import torch, loaded when first used: `import testbed` (every CLI command) stays fast.
+_LAZY = {"accuracy_and_macro_f1": "testbed.model", "autocast": "testbed.model", "to_device": "testbed.model"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'testbed' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The command line: ``testbed run | grid | results | report | plugins | presets | datasets | cache``."""
+"""The command line: ``testbed run | grid | results | report | plugins | presets | datasets | cache | new-plugin``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import warnings
 import click
 
 from testbed.errors import UserError
+from testbed.scaffold import KINDS as SCAFFOLD_KINDS
 
 
 class Group(click.Group):
@@ -75,10 +76,14 @@ def run(ctx, args, out_dir, force, quiet):
     cfg = resolve(user, reg)
     run_dir, result, ran = execute(cfg, reg, out_dir, force=force, progress=not quiet)
     status = "finished" if ran else "already finished (use --force to rerun)"
+    tokens = "test_token_accuracy" in result  # a token task: accuracy and pseudo-labels count words
     click.echo(f"{cfg.method} on {cfg.dataset.name} (seed {cfg.seed}): {status}\n"
-               f"  test accuracy {result['test_accuracy']:.4f} (last), {_fmt(result['test_accuracy_best_val'])} (best on validation), "
+               f"  test {'token ' if tokens else ''}accuracy {result['test_accuracy']:.4f} (last), "
+               f"{_fmt(result['test_accuracy_best_val'])} (best on validation), "
                f"macro-F1 {result['test_macro_f1']:.4f}, {result['wall_seconds']:.0f} s\n"
-               + (f"  pseudo-labels: {result['mask_rate']:.1%} of unlabeled examples selected, "
+               + (f"  entity F1 {result['test_entity_f1']:.4f} (last, strict IOB2), {_fmt(result.get('test_entity_f1_best_val'))} "
+                  "(best on validation)\n" if result.get("test_entity_f1") is not None else "")
+               + (f"  pseudo-labels: {result['mask_rate']:.1%} of unlabeled {'words' if tokens else 'examples'} selected, "
                   f"{_fmt(result['pseudo_label_accuracy'], '.1%')} of those correct\n" if result.get("mask_rate") is not None else "")
                + (f"  on {result['device']}, {result['precision']}\n" if result.get("device") else "")
                + f"  run directory: {run_dir}")
@@ -134,8 +139,9 @@ def _flatten(nested: dict, prefix: str = ""):
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
 def datasets(ctx, as_json):
-    """List the datasets found in the data directory: sizes and classes."""
-    from testbed.data import data_dir
+    """List the datasets found in the data directory: task, sizes and classes (a token task's tags;
+    its sizes count sentences)."""
+    from testbed.data import DEFAULT_TASKS, data_dir, rows_kind
     from testbed.types import DatasetContext
 
     reg = registry(ctx)
@@ -149,20 +155,23 @@ def datasets(ctx, as_json):
         except UserError as exc:
             rows.append({"name": name, "error": str(exc)})
             continue
-        rows.append({"name": name, "classes": len(data.label_names), "train": len(data.train), "test": len(data.test),
+        task = data.task or record.task or DEFAULT_TASKS[rows_kind(data)]
+        rows.append({"name": name, "task": task, "classes": len(data.label_names), "train": len(data.train), "test": len(data.test),
                      "dev": len(data.dev) if data.dev else 0, "unlabeled": len(data.unlabeled),
                      "labels": data.label_names, "summary": record.summary})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     click.echo(f"data directory: {data_dir()}")
-    click.echo(f"{'name':<10} {'classes':>7} {'train':>7} {'dev':>6} {'test':>7} {'unlabeled':>9}  labels")
+    click.echo(f"{'name':<10} {'task':<8} {'classes':>7} {'train':>7} {'dev':>6} {'test':>7} {'unlabeled':>9}  labels")
     for r in rows:
         if "error" in r:
             click.echo(f"{r['name']:<10} unavailable: {r['error']}")
         else:
-            click.echo(f"{r['name']:<10} {r['classes']:>7} {r['train']:>7} {r['dev']:>6} {r['test']:>7} {r['unlabeled']:>9}  "
-                       f"{', '.join(r['labels'])}")
+            click.echo(f"{r['name']:<10} {r['task']:<8} {r['classes']:>7} {r['train']:>7} {r['dev']:>6} {r['test']:>7} "
+                       f"{r['unlabeled']:>9}  {', '.join(r['labels'])}")
+    click.echo("task: sentence = sentence classification (a label per text); token = token classification, e.g. NER (a tag per "
+               "word; sizes are sentences, the label budget is dataset.labeled_size).")
     click.echo("Also: dataset.name=files dataset.path=DIR_OR_FILE (local files); dataset.name=hub dataset.hub_id=ID (online).")
 
 
@@ -198,13 +207,10 @@ def grid(ctx, args, out_dir, workers, devices, executor, executor_options, dry_r
       testbed grid benchmarks/ablation_minilm.toml --devices 0,1,2,3 train.precision=bf16
     """
     from testbed.config import parse_overrides
-    from testbed.grid import expand, load_grid, parse_devices, run_grid, save_grid_file, status_table
+    from testbed.grid import expand, load_grid, parse_devices, run_grid, save_grid_file, status_table, worker_count
 
     devices = parse_devices(devices) if devices is not None else ()
-    if devices and workers is not None and workers > len(devices):
-        raise UserError(f"--workers {workers} with {len(devices)} devices: one cell runs on a device at a time, "
-                        f"so at most {len(devices)} workers.")
-    workers = workers or len(devices) or 1
+    workers = worker_count(workers, devices)
     files = [a for a in args if "=" not in a]
     if len(files) > 1:
         raise UserError(f"Expected at most one grid file and key=value overrides, got files {files}.")
@@ -259,20 +265,68 @@ def results(out_dir, fmt, output, all_columns):
 @click.option("--group-by", "group_by", multiple=True, metavar="KEY",
               help="Config keys that name a cell (repeatable); default: the keys that vary across the runs.")
 @click.option("--title", default=None, help="The report's title.")
+@click.option("--compare-to", "compare_to", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="A second set of runs beside those of RUNS_DIR... (repeatable), e.g. committed baseline runs.")
 @click.pass_context
-def report(ctx, runs_dirs, out_dir, baseline, group_by, title):
+def report(ctx, runs_dirs, out_dir, baseline, group_by, title, compare_to):
     """Render a comparison report of the runs in RUNS_DIR...: leaderboard with CIs, paired tests
-    against a baseline, ranks, ablation effects, dynamics, calibration, cost, provenance.
+    against a baseline, ranks, ablation effects, dynamics, calibration, cost, provenance. A run
+    found in several RUNS_DIRs counts once.
+
+    With --compare-to DIR, the runs of DIR (repeatable) are a second set beside those of RUNS_DIR:
+    every cell's name ends in its set ("fixmatch [runs]", "fixmatch [compare]"), the same config
+    in both sets counts in each, and the paired comparisons are against the compare set's baseline
+    cell (e.g. "supervised [compare]") where it has one.
 
     \b
-    Example:
+    Examples:
       testbed report runs/ablation -o reports/ablation --baseline supervised
+      testbed report runs/hinge --compare-to runs/baselines -o reports/hinge
     """
     from testbed.report import render_report
 
     path = render_report(runs_dirs, out_dir, baseline=baseline, group_by=group_by, registry=registry(ctx), title=title,
-                         echo=click.echo)
+                         echo=click.echo, compare_to=compare_to)
     click.echo(f"  open {path}  (Markdown: {path.with_name('index.md')})")
+
+
+@main.command("new-plugin")
+@click.argument("name")
+@click.option("--kind", required=True, type=click.Choice(SCAFFOLD_KINDS), help="The seam the plugin adds a strategy to.")
+@click.option("--dir", "directory", default=None, type=click.Path(file_okay=False),
+              help="The package directory to create (it must not exist)  [default: ./testbed-NAME].")
+@click.option("--no-install", is_flag=True, help="Only write the package; do not `pip install --no-deps -e` it.")
+@click.pass_context
+def new_plugin(ctx, name, kind, directory, no_install):
+    """Start a plugin package: a NAME strategy for the seam --kind, with its options dataclass, a
+    factory that runs as written, a README and a test (the config through testbed.config.resolve,
+    the factory, a tiny end-to-end run); then install it editable with this Python (--no-deps).
+
+    \b
+    Examples:
+      testbed new-plugin hinge --kind distance
+      testbed new-plugin confident --kind selector --dir plugins/confident --no-install
+    """
+    from testbed.scaffold import install, write_plugin
+
+    made = write_plugin(name, kind, directory, registry(ctx))
+    where = made.directory
+    click.echo(f"Wrote {where}/ (the {kind} {name!r}, plugin {made.module}):")
+    for relative, what in made.files.items():
+        click.echo(f"  {where / relative}  {what}")
+    if no_install:
+        click.echo(f"Not installed (--no-install): `{sys.executable} -m pip install --no-deps -e {where}`, or use it as it is "
+                   f"with `testbed --plugins-dir {where} ...`.")
+        prefix = f"testbed --plugins-dir {where}"
+    else:
+        command = install(where)
+        click.echo(f"Installed, editable: {' '.join(command[2:])}")
+        prefix = "testbed"
+    click.echo("Next:")
+    click.echo(f"  {prefix} plugins                     # lists {made.module}: {kind} {name}")
+    click.echo(f"  python -m pytest {where}              # its tests (a few seconds)")
+    click.echo(f"  {prefix} run {made.example}")
+    click.echo(f"  edit {where / (made.module + '.py')}")
 
 
 @main.group(invoke_without_command=True)

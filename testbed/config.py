@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from testbed.data import VALIDATION_SIZE
 from testbed.errors import UserError, did_you_mean
 from testbed.types import AugmentationSpec, Record
 
@@ -33,9 +34,14 @@ class DatasetConfig:
     validation_per_class: int = 10  # held-out labeled examples per class for model selection
     unlabeled_limit: int = 0  # cap on the unlabeled pool (seeded sample); 0 = no cap
     test_limit: int = 0  # evaluate on a fixed stratified test sample of this size; 0 = all
+    # token tasks (NER): the label budget in labeled sentences, a seeded sample of train (required there; 0 = unset,
+    # and sentence tasks refuse it: their budget is labels_per_class)
+    labeled_size: int = 0
+    validation_size: int = VALIDATION_SIZE  # token tasks: validation sentences, a seeded sample of dev (else of train); 0 = none
+    task: str = ""  # a task name (`testbed plugins`); "" = as the dataset's rows say: sentence, or token for words + tags
 
     def __post_init__(self):
-        for key in ("validation_per_class", "unlabeled_limit", "test_limit"):
+        for key in ("validation_per_class", "unlabeled_limit", "test_limit", "labeled_size", "validation_size"):
             if getattr(self, key) < 0:
                 raise ValueError(f"dataset.{key} must be 0 or more, got {getattr(self, key)}")
         if self.labels_per_class < 1:
@@ -72,6 +78,9 @@ class TrainConfig:
     # which model the run reports: auto = the teacher's model where the teacher offers one (Mean Teacher's EMA, as
     # the papers evaluate), else the student | student | teacher. Both are evaluated and recorded either way.
     evaluate: str = "auto"
+    # which pseudo-labels count: "row", each row on its own (a text; a token of a token task); "example", a row's
+    # weight becomes 0 unless every row of its example has weight > 0 (sentence-level selection in NER self-training)
+    selection: str = "row"
 
     def __post_init__(self):
         for key in ("steps", "batch_size", "eval_every", "eval_batch_size"):
@@ -90,11 +99,14 @@ class TrainConfig:
             raise ValueError(f"train.evaluate must be one of {', '.join(EVALUATED)}, got {self.evaluate!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"train.selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 PRECISIONS = ("fp32", "bf16", "fp16")
 EVALUATED = ("auto", "student", "teacher")
+SELECTIONS = ("row", "example")
 
 
 CORE_SECTIONS = {"dataset": DatasetConfig, "backbone": BackboneConfig, "train": TrainConfig}
@@ -128,7 +140,9 @@ NOT_IN_RUN_ID = {("train", "threads"), ("train", "checkpoint_every"), ("backbone
 IN_RUN_ID_UNLESS = {("train", "device"): "auto", ("train", "precision"): "fp32", ("train", "evaluate"): "auto",
                     ("backbone", "lora"): {"r": 0, "alpha": 16.0, "dropout": 0.05, "target_modules": ""},
                     ("regulariser", "name"): "none",  # a section the drop empties goes too
-                    ("selector", "per_class"): "count"}  # topk's rule before CBST's "proportion" was added
+                    ("selector", "per_class"): "count",  # topk's rule before CBST's "proportion" was added
+                    ("dataset", "labeled_size"): 0, ("dataset", "validation_size"): VALIDATION_SIZE, ("dataset", "task"): "",
+                    ("train", "selection"): "row"}  # added with token tasks
 
 
 @dataclass(frozen=True)
@@ -200,7 +214,7 @@ def parse_value(text: str, key: str = "") -> Any:
 
 def is_name_key(key: str) -> bool:
     """Keys whose value names a preset or a plugin: ``method``, ``<seam>`` and ``<seam>.name``."""
-    return key == "method" or key in CHOICES or key.endswith(".name") and key[: -len(".name")] in CHOICES
+    return key == "method" or key in CHOICES or (key.endswith(".name") and key[: -len(".name")] in CHOICES)
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -283,6 +297,7 @@ def resolve(user: dict, registry) -> RunConfig:
             raise UserError(f"Config key '{path}.name' must name a {CHOICES[path]}, got {name!r}.{_quote_hint(name)}")
     preset = normalize_choices(dict(registry.get("preset", method).settings))
     layers = [normalize_choices(DEFAULTS), preset, user]
+    adapt_views_to_task(layers, registry)
     drop_replaced_options(layers)
     merged = merge(merge(layers[0], preset), user)
     _reject_unknown_sections(merged)
@@ -354,6 +369,33 @@ def _resolve_nested_specs(options: Any, registry, where: str) -> Any:
             changes[f.name] = typing.get_origin(hint)(
                 resolve_augmentation(item, registry, f"{where}.{f.name}[{i}]")[2] for i, item in enumerate(value))
     return dataclasses.replace(options, **changes) if changes else options
+
+
+def declared_task(merged: dict, registry) -> str:
+    """The task a config's dataset runs, as far as it is known before the data is read: ``dataset.task``,
+    else the registered dataset's declared ``task`` ("" when neither says: the rows will decide)."""
+    dataset = merged.get("dataset") if isinstance(merged.get("dataset"), dict) else {}
+    if isinstance(dataset.get("task"), str) and dataset["task"]:
+        return dataset["task"]
+    entry = registry.records.get("dataset", {}).get(dataset.get("name", DatasetConfig.name))
+    return getattr(entry[0], "task", "") if entry else ""
+
+
+def adapt_views_to_task(layers: list[dict], registry) -> None:
+    """A task whose views must keep every word in place (token classification: each word keeps its
+    tag) replaces a preset's weak or strong augmentation that does not by its ``aligned_view``
+    (``word_mask`` for ``token``), so presets run unchanged on such datasets. Only the preset's layer
+    changes: an augmentation the user names stays, and is refused by the run if it cannot serve."""
+    _, preset, _ = layers
+    entry = registry.records.get("task", {}).get(declared_task(merge(merge(layers[0], preset), layers[2]), registry))
+    aligned = getattr(entry[0], "aligned_view", None) if entry else None
+    if aligned is None:
+        return
+    for role in ("weak", "strong"):
+        spec = get_dotted(preset, f"augmentation.{role}")
+        augmentation = registry.records.get("augmentation", {}).get(spec.get("name")) if isinstance(spec, dict) else None
+        if augmentation is not None and not augmentation[0].keeps_words:
+            preset["augmentation"][role] = copy.deepcopy(aligned) if isinstance(aligned, dict) else {"name": aligned}
 
 
 def drop_replaced_options(layers: list[dict]) -> None:

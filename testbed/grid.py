@@ -206,30 +206,43 @@ def split_values(text: str) -> list[str] | None:
 def apply_overrides(grid: Grid, overrides: list[str]) -> None:
     """``key=v1,v2`` makes (or replaces) an axis; ``key=value`` sets the base value and, when
     ``key`` was an axis, fixes it to that value."""
-    from testbed.config import parse_value, set_dotted
+    from testbed.config import parse_value
 
     for item in overrides:
         key, sep, text = item.partition("=")
         key, text = key.strip(), text.strip()
         if not sep or not key:
             raise UserError(f"Override {item!r} is not key=value or key=v1,v2. Example: distance.name=l1,l2,kl")
-        if key == "seeds":
-            key = SEED
         pieces = split_values(text)
         if pieces is not None:
             if any(not p.strip() for p in pieces):
                 raise UserError(f"Axis {key!r} from the command line has an empty value in {text!r}.")
-            values = [parse_value(p.strip(), key) for p in pieces]
-            _check_not_zipped(grid, key, "replace it from the command line")
-            grid.axes[key] = values
-            if SEED in grid.axes:
-                grid.axes[SEED] = grid.axes.pop(SEED)
+            set_axis(grid, key, [parse_value(p.strip(), key) for p in pieces])
         else:
-            if key in grid.axes:
-                _check_not_zipped(grid, key, "fix it to one value")
-                del grid.axes[key]
-                grid.exclude = [{k: v for k, v in e.items() if k != key} for e in grid.exclude]
-            set_dotted(grid.base, key, parse_value(text, key))
+            set_base(grid, key, parse_value(text, key))
+
+
+def set_axis(grid: Grid, key: str, values: list) -> None:
+    """Make (or replace) the axis ``key`` (``seeds`` means ``seed``, the innermost axis) with ``values``."""
+    if key == "seeds":
+        key = SEED
+    _check_not_zipped(grid, key, "replace it from the command line")
+    grid.axes[key] = list(values)
+    if SEED in grid.axes:
+        grid.axes[SEED] = grid.axes.pop(SEED)
+
+
+def set_base(grid: Grid, key: str, value: Any) -> None:
+    """Set the dotted ``key`` of the base config to ``value``; an axis ``key`` is fixed to it."""
+    from testbed.config import set_dotted
+
+    if key == "seeds":
+        key = SEED
+    if key in grid.axes:
+        _check_not_zipped(grid, key, "fix it to one value")
+        del grid.axes[key]
+        grid.exclude = [{k: v for k, v in e.items() if k != key} for e in grid.exclude]
+    set_dotted(grid.base, key, value)
 
 
 def _check_not_zipped(grid: Grid, key: str, what: str) -> None:
@@ -338,6 +351,14 @@ def parse_devices(text: str) -> tuple[str, ...]:
     if len({device_kind(d) for d in devices}) > 1:
         raise UserError(f"--devices mixes kinds of device ({text}); give one kind, e.g. 0,1,2,3.")
     return devices
+
+
+def worker_count(workers: int | None, devices: tuple[str, ...]) -> int:
+    """The grid's workers: ``workers``, else one per device, else 1; never more than the devices."""
+    if devices and workers is not None and workers > len(devices):
+        raise UserError(f"--workers {workers} with {len(devices)} devices: one cell runs on a device at a time, "
+                        f"so at most {len(devices)} workers.")
+    return workers or len(devices) or 1
 
 
 def device_kind(device: str) -> str:

@@ -49,6 +49,7 @@ from testbed.types import (
     ReportSection,
     Schedule,
     Selector,
+    Task,
     Teacher,
 )
 
@@ -156,6 +157,27 @@ def testbed_datasets() -> Iterable[Dataset]:
 
 
 @hookspec
+def testbed_tasks() -> Iterable[Task]:
+    """Tasks: kinds of example (built-ins: ``sentence``, ``token``). The dataset's rows choose one;
+    ``dataset.task=NAME`` picks another for the same kind of rows. Example::
+
+        class Balanced(BaseTask):  # sentence classification, also scored by balanced accuracy
+            metrics = ("accuracy", "macro_f1", "balanced_accuracy")
+
+            def score(self, probs, examples, tokenizer, max_length):
+                scores = super().score(probs, examples, tokenizer, max_length)
+                labels = np.asarray(examples.labels)
+                hits = probs.argmax(-1) == labels
+                scores["balanced_accuracy"] = float(np.mean([hits[labels == c].mean() for c in np.unique(labels)]))
+                return scores
+
+        @hookimpl
+        def testbed_tasks():
+            return [Task(name="balanced", summary="sentence classification, balanced accuracy too", factory=Balanced)]
+    """
+
+
+@hookspec
 def testbed_backbones() -> Iterable[Backbone]:
     """Model backbones for ``backbone.name`` (a record's ``shorthand`` may claim other names, e.g.
     local paths and hub ids). Example::
@@ -246,7 +268,8 @@ def testbed_run_failed(run_dir: Path, error: str, interrupted: bool) -> None:
 def testbed_report_sections(results: Any, context: ReportContext) -> Iterable[ReportSection]:
     """Sections of ``testbed report`` (the built-in ones come through this hook too, from
     plugins/report_sections.py); ``results`` is the runs table (a pandas DataFrame, one row per run,
-    ``load_results`` columns plus ``cell``, ``group``, ``runs_dir``). Example::
+    ``load_results`` columns plus ``cell``, ``group``, ``runs_dir`` and ``set``: ``runs``, or ``compare`` for
+    the runs of ``--compare-to``). Example::
 
         @hookimpl
         def testbed_report_sections(results, context):
@@ -264,6 +287,7 @@ KINDS: dict[str, tuple[str, type[Record]]] = {
     "schedule": ("testbed_schedules", Schedule),
     "regulariser": ("testbed_regularisers", Regulariser),
     "dataset": ("testbed_datasets", Dataset),
+    "task": ("testbed_tasks", Task),
     "backbone": ("testbed_backbones", Backbone),
     "preset": ("testbed_presets", Preset),
     "executor": ("testbed_executors", Executor),

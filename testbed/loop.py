@@ -3,6 +3,10 @@
     loss = CE(student(x), y) + λ(step) · mean(weight · distance(student(strong(u)), target)) + regulariser(batch)
     target, weight = selector(teacher(weak(u)))
 
+and never a task: the dataset's rows choose one (``testbed.types.BaseTask``; sentence or token
+classification), which encodes texts and turns the model's outputs into rows [N, C] (an example,
+or a word of a token task); losses, teachers' probabilities, selectors and distances see rows.
+
 ``prepare`` resolves the config into objects (all user errors surface here, before any
 run directory exists); ``train`` runs the loop and reports every evaluation.
 """
@@ -21,13 +25,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from testbed.config import RunConfig
-from testbed.data import Split, data_dir, make_split
+from testbed.data import DEFAULT_TASKS, Split, data_dir, make_split, rows_kind
 from testbed.errors import UserError
-from testbed.model import accuracy_and_macro_f1, autocast, check_precision, describe_device, predict, resolve_device, to_device, tokenize
+from testbed.model import autocast, check_precision, describe_device, resolve_device, to_device
 from testbed.types import (
     BackboneContext,
     BaseRegulariser,
     BaseSelector,
+    BaseTask,
     BaseTeacher,
     DatasetContext,
     RegularisationBatch,
@@ -35,6 +40,7 @@ from testbed.types import (
     RunContext,
     Sampler,
     Selection,
+    TaskContext,
     TeacherContext,
     TextBatch,
     Training,
@@ -55,20 +61,41 @@ class Parts:
     views: Views  # weak and strong views of the pool, cached on disk (testbed.views)
     device: str = "cpu"  # train.device resolved: where the student and all run state live
     regulariser: BaseRegulariser | None = None  # batch-level loss terms added to the objective; None = none
+    task: BaseTask | None = None  # what the dataset's rows chose (sentence or token classification); None = sentence
+    task_name: str = "sentence"
 
 
-def backbone_context(registry, num_labels: int) -> BackboneContext:
+def backbone_context(registry, num_labels: int, head: str = "sequence") -> BackboneContext:
     """What a backbone's factory gets: ``load_backbone(name)`` -> (model, tokenizer) for any backbone
     name, path or hub id with its default options, through ``registry`` (the run's own, so a
-    backbone that wraps another sees plugins from --plugins-dir too)."""
+    backbone that wraps another sees plugins from --plugins-dir too); ``head``: the task's
+    (``BaseTask.head``), which ``load_backbone`` passes on."""
     from testbed.config import resolve
 
     def load(name: str):
         choice = resolve({"backbone": {"name": name}}, registry).choices["backbone"]
         return choice.record.factory(choice.options, context)
 
-    context = BackboneContext(num_labels=num_labels, load_backbone=load)
+    context = BackboneContext(num_labels=num_labels, load_backbone=load, head=head)
     return context
+
+
+ROWS = {"text": "text + label rows (sentence classification)", "tokens": "tokens + tags rows (token classification)"}
+
+
+def choose_task(cfg: RunConfig, data, registry):
+    """The task record of a run: ``dataset.task``, else what the dataset says (its ``DatasetSplits.task``,
+    or its record's declared ``task``), else the default of its rows (sentence; token for words + tags).
+    A task that reads another kind of rows than the dataset has is a UserError."""
+    kind = rows_kind(data)
+    declared = getattr(registry.get("dataset", cfg.dataset.name), "task", "")
+    name = cfg.dataset.task or data.task or declared or DEFAULT_TASKS[kind]
+    record = registry.get("task", name)
+    if record.reads != kind:
+        raise UserError(f"dataset {cfg.dataset.name!r} has {ROWS.get(kind, kind)}, but task {name!r} reads "
+                        f"{ROWS.get(record.reads, record.reads)}. "
+                        + ("Unset dataset.task." if cfg.dataset.task else "Fix the dataset's rows or its declared task."))
+    return record
 
 
 def prepare(cfg: RunConfig, registry=None) -> Parts:
@@ -79,23 +106,27 @@ def prepare(cfg: RunConfig, registry=None) -> Parts:
     choice = cfg.choices
     build = lambda seam, context: choice[seam].record.factory(choice[seam].options, context)  # noqa: E731
     data = build("dataset", DatasetContext(data_dir=data_dir()))
+    task_record = choose_task(cfg, data, registry)
     split = make_split(data, cfg.dataset.labels_per_class, cfg.dataset.validation_per_class, cfg.seed,
-                       cfg.dataset.unlabeled_limit, cfg.dataset.test_limit, where=f"dataset {cfg.dataset.name!r}")
+                       cfg.dataset.unlabeled_limit, cfg.dataset.test_limit, where=f"dataset {cfg.dataset.name!r}",
+                       labeled_size=cfg.dataset.labeled_size, validation_size=cfg.dataset.validation_size)
+    task = task_record.factory(task_record.options(), TaskContext(label_names=tuple(split.label_names), pool_texts=split.pool_texts))
+    aligned = f"task {task_record.name!r} of dataset {cfg.dataset.name!r}" if task_record.aligned_view is not None else None
+    views = open_views(cfg, split.pool_texts, registry, aligned=aligned)  # before any model: a refused augmentation costs none
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)  # the classifier head's initialisation
     device = resolve_device(cfg.train.device)
     check_precision(device, cfg.train.precision)
-    backbones = backbone_context(registry, split.num_classes)
+    backbones = backbone_context(registry, split.num_classes, task.head)
     student, tokenizer = build("backbone", backbones)
     student.to(device)  # before the teacher is built: teachers that copy the student land on its device
-    ctx = RunContext(num_classes=split.num_classes, pool_size=len(split.pool_texts), steps=cfg.train.steps, seed=cfg.seed,
+    ctx = RunContext(num_classes=split.num_classes, pool_size=len(split.pool_gold), steps=cfg.train.steps, seed=cfg.seed,
                      labeled=split.labeled, unlabeled_batch_size=cfg.train.batch_size * cfg.train.unlabeled_ratio,
                      load_backbone=backbones.load_backbone, device=device, label_names=tuple(split.label_names),
-                     tokenize=lambda texts: to_device(tokenize(tokenizer, texts, cfg.backbone.max_length), device))
-    views = open_views(cfg, split.pool_texts, registry)
+                     tokenize=lambda texts: to_device(task.encode(tokenizer, texts, cfg.backbone.max_length), device), task=task)
     parts = Parts(
-        split=split, student=student, tokenizer=tokenizer, views=views, device=device,
+        split=split, student=student, tokenizer=tokenizer, views=views, device=device, task=task, task_name=task_record.name,
         teacher=build("teacher", TeacherContext(**vars(ctx), student=student)),
         selector=build("selector", ctx), distance=build("distance", ctx), schedule=build("schedule", ctx), tsa=build("tsa", ctx),
     )
@@ -107,25 +138,44 @@ def prepare(cfg: RunConfig, registry=None) -> Parts:
 
 class AutocastTeacher(BaseTeacher):
     """The run's teacher as the selector sees it: its forward passes under the run's autocast, its
-    probabilities back in fp32, so the selectors' thresholds and EMAs keep their precision."""
+    probabilities back in fp32, so the selectors' thresholds and EMAs keep their precision, and as
+    rows of the task (a token task's [B, T, C] become the words' [N, C])."""
 
-    def __init__(self, teacher: BaseTeacher, autocast: Callable[[], Any]):
-        self.teacher, self.autocast = teacher, autocast
+    def __init__(self, teacher: BaseTeacher, autocast: Callable[[], Any], task: BaseTask | None = None):
+        self.teacher, self.autocast, self.task = teacher, autocast, task or BaseTask()
 
     def probs(self, batch: TextBatch, stochastic: bool = False):
         with self.autocast():
-            return self.teacher.probs(batch, stochastic).float()
+            probs = self.teacher.probs(batch, stochastic).float()
+        return self.task.batch_rows(probs, batch)
+
+
+def run_task(parts: Parts) -> BaseTask:
+    """The task of the run's parts (sentence classification for parts built without one)."""
+    if parts.task is None:
+        parts.task = BaseTask(None, TaskContext(label_names=tuple(parts.split.label_names), pool_texts=parts.split.pool_texts))
+    return parts.task
 
 
 @torch.no_grad()
 def teacher_test_scores(parts: Parts, cfg: RunConfig, teacher: BaseTeacher, tokens: Callable) -> dict[str, float]:
-    """A fixed teacher's own test accuracy and macro-F1: what its pseudo-labels are worth, beside the student's."""
-    texts, size = parts.split.test.texts, cfg.train.eval_batch_size
+    """A fixed teacher's own test scores (accuracy, macro-F1, ...): what its pseudo-labels are worth, beside the student's."""
+    texts, size, task = parts.split.test.texts, cfg.train.eval_batch_size, run_task(parts)
     if not texts:
         return {}
     probs = torch.cat([teacher.probs(TextBatch(texts[i : i + size], tokens)).cpu() for i in range(0, len(texts), size)])
-    accuracy, macro_f1 = accuracy_and_macro_f1(probs.numpy(), parts.split.test.labels, parts.split.num_classes)
-    return {"teacher_test_accuracy": accuracy, "teacher_test_macro_f1": macro_f1}
+    scores = task.score(probs.numpy(), parts.split.test, parts.tokenizer, cfg.backbone.max_length)
+    return {f"teacher_test_{name}": scores.get(name) for name in task.metrics}
+
+
+def whole_examples(weights: torch.Tensor, owners) -> torch.Tensor:
+    """``train.selection = "example"``: a row keeps its weight only when every row of its example
+    (``owners``: each row's example) has weight > 0, else 0 (a sentence is kept whole or not at all)."""
+    owners = torch.as_tensor(owners, device=weights.device, dtype=torch.long)
+    if not len(owners):
+        return weights
+    failed = torch.bincount(owners, weights=(weights <= 0).to(torch.float32), minlength=int(owners.max()) + 1) > 0
+    return torch.where(failed[owners], torch.zeros_like(weights), weights)
 
 
 class PseudoLabelTally:
@@ -193,20 +243,27 @@ class PseudoLabelTally:
         }
 
 
-def evaluate(parts: Parts, cfg: RunConfig, probs_out: dict | None = None, model=None) -> dict[str, float | None]:
-    """Accuracy and macro-F1 of ``model`` (the student unless given) on validation and test;
-    ``probs_out[prefix]`` gets the probabilities."""
+def evaluate(parts: Parts, cfg: RunConfig, probs_out: dict | None = None, model=None,
+             details: dict | None = None) -> dict[str, float | None]:
+    """The task's scores of ``model`` (the student unless given) on validation and test: accuracy and
+    macro-F1 (a token task: and entity F1, ...), as ``val_<metric>`` and ``test_<metric>``;
+    ``probs_out[prefix]`` gets the probabilities (rows), ``details[prefix]`` the scores that are not
+    numbers (a token task's per-type table)."""
     model = parts.student if model is None else model
+    task = run_task(parts)
     out: dict[str, float | None] = {}
     for prefix, texts in (("val", parts.split.validation), ("test", parts.split.test)):
         if len(texts) == 0:
-            out[f"{prefix}_accuracy"] = out[f"{prefix}_macro_f1"] = None
+            out.update({f"{prefix}_{name}": None for name in task.metrics})
             continue
-        probs = predict(model, parts.tokenizer, texts.texts, cfg.backbone.max_length, cfg.train.eval_batch_size,
-                        cfg.train.precision)
+        probs = task.predict(model, parts.tokenizer, texts.texts, cfg.backbone.max_length, cfg.train.eval_batch_size,
+                             cfg.train.precision)
         if probs_out is not None:
             probs_out[prefix] = probs
-        out[f"{prefix}_accuracy"], out[f"{prefix}_macro_f1"] = accuracy_and_macro_f1(probs, texts.labels, parts.split.num_classes)
+        scores = task.score(probs, texts, parts.tokenizer, cfg.backbone.max_length)
+        out.update({f"{prefix}_{name}": scores.get(name) for name in task.metrics})
+        if details is not None:
+            details[prefix] = {key: value for key, value in scores.items() if key not in task.metrics}
     return out
 
 
@@ -243,13 +300,12 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
     ``checkpoint(state)`` is called at evaluations as ``train.checkpoint_every`` says with everything
     the run needs to go on; ``train(..., resume=state)`` goes on from it (on the parts of the same
     config, fresh from ``prepare``) to exactly the numbers of a run that was never stopped."""
-    t, split, student = cfg.train, parts.split, parts.student
+    t, split, student, task = cfg.train, parts.split, parts.student, run_task(parts)
     seeds = np.random.SeedSequence(cfg.seed).spawn(3)
     labeled = Sampler(len(split.labeled), t.batch_size, np.random.default_rng(seeds[0]))
     unlabeled_batch = t.batch_size * t.unlabeled_ratio
     unlabeled = Sampler(len(split.pool_texts), unlabeled_batch, np.random.default_rng(seeds[1])) if unlabeled_batch and split.pool_texts else None
     device = parts.device
-    labels = torch.as_tensor(split.labeled.labels, device=device)
     # what trains: all of a fine-tuned model, the adapters and head of a LoRA one, the head on a frozen encoder
     trainable = [p for p in student.parameters() if p.requires_grad]
     # a regulariser's own parameters (an auxiliary head): a second group, only when there are any (the optimizer's
@@ -260,14 +316,16 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
     # fp16 gradients underflow without loss scaling; disabled (fp32, bf16), the scaler passes calls straight through
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=t.precision == "fp16")
     half = lambda: autocast(device, t.precision)  # forward passes only; losses are computed in fp32  # noqa: E731
-    tokens = lambda texts: to_device(tokenize(parts.tokenizer, texts, cfg.backbone.max_length), device)  # noqa: E731
-    teacher = AutocastTeacher(parts.teacher, half)
+    tokens = lambda texts: to_device(task.encode(parts.tokenizer, texts, cfg.backbone.max_length), device)  # noqa: E731
+    teacher = AutocastTeacher(parts.teacher, half, task)
     training = Training(optimizer, warmup)  # what a teacher that re-initialises the student restarts
 
     torch.manual_seed(cfg.seed)
     student.train()
     tally, whole_run, best, record = PseudoLabelTally(), PseudoLabelTally(), None, {}
     last_probs, best_probs = {}, {}  # test probabilities of the last and the best-on-validation evaluation
+    last_details, best_details = {}, {}  # their scores that are not numbers (a token task's per-type table), by val/test
+    primary = f"val_{task.primary}"  # what "best on validation" maximises: val_accuracy, a token task's val_entity_f1
     started = time.perf_counter()
     eval_seconds = augment_seconds = 0.0
     first = 1
@@ -275,6 +333,7 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
         samplers = {"labeled": labeled, "unlabeled": unlabeled}
         first, seconds = restore(resume, student, optimizer, warmup, parts, samplers, whole_run, scaler)
         best, record, last_probs, best_probs = (resume[k] for k in ("best", "record", "last_probs", "best_probs"))
+        last_details, best_details = resume.get("last_details", {}), resume.get("best_details", {})
         started, eval_seconds, augment_seconds = started - seconds["elapsed"], seconds["eval"], seconds["augment"]
     saved_at, saved_step = time.perf_counter(), first - 1
     teacher_scores = teacher_test_scores(parts, cfg, teacher, tokens) if parts.teacher.fixed else {}
@@ -283,10 +342,11 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
                initial=first - 1, total=t.steps)
     for step in bar:
         idx = labeled.next()
-        y = labels[torch.as_tensor(idx, device=device)]
+        inputs = tokens([split.labeled.texts[i] for i in idx])
         with half():
-            logits = student(**tokens([split.labeled.texts[i] for i in idx])).logits
-        logits = logits.float()
+            logits = student(**inputs).logits
+        logits = task.rows(logits.float(), inputs)  # [N, C]: the examples, or a token task's words
+        y = torch.as_tensor(task.labels(split.labeled, idx, inputs), device=device)
         per_example = F.cross_entropy(logits, y, reduction="none")
         eta = parts.tsa(step)  # UDA's TSA: drop examples whose correct-class probability exceeds η
         keep = (logits.detach().softmax(-1).gather(1, y[:, None]).squeeze(1) <= eta).float()
@@ -299,16 +359,21 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
             drawing = time.perf_counter()
             weak, strong = parts.views.draw(uidx)  # variant (draws of the text) mod K, from the cache or computed
             augment_seconds += time.perf_counter() - drawing
-            chosen = parts.selector.choose(teacher, TextBatch(weak, tokens), torch.as_tensor(uidx, device=device), step)
+            weak_batch, strong_batch = TextBatch(weak, tokens), TextBatch(strong, tokens)
+            # the rows both views give: their positions in the pool (a text's, or a token task's word's) and examples
+            rows, owners = task.unlabeled_rows(uidx, weak_batch, strong_batch)
+            chosen = parts.selector.choose(teacher, weak_batch, torch.as_tensor(rows, device=device), step)
             targets, weights = chosen.targets.detach(), chosen.weights.detach()  # targets never carry gradient
+            if t.selection == "example":
+                weights = whole_examples(weights, owners)
             with half():
-                student_logits = student(**tokens(strong)).logits
-            student_logits = student_logits.float()
+                student_logits = student(**strong_batch.inputs).logits
+            student_logits = task.rows(student_logits.float(), strong_batch.inputs)
             consistency = (parts.distance(student_logits, targets) * weights).mean()
             loss = loss + weight * consistency
             selection = Selection(targets=targets, weights=weights, probs=chosen.probs.detach())
             for counter in (tally, whole_run):
-                counter.add_unlabeled(weights, targets, selection.probs, split.pool_gold[uidx], float(consistency.detach()))
+                counter.add_unlabeled(weights, targets, selection.probs, split.pool_gold[rows], float(consistency.detach()))
         if parts.regulariser is not None:
             with half():  # an auxiliary task's forward passes as the student's; the term comes back in fp32
                 term = parts.regulariser.loss(RegularisationBatch(
@@ -327,10 +392,10 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
 
         if step % t.eval_every == 0 or step == t.steps:
             eval_started = time.perf_counter()
-            scores, probs = {}, {name: {} for name in models}
+            scores, probs, details = {}, {name: {} for name in models}, {name: {} for name in models}
             for name, model in models.items():
-                scores[name] = evaluate(parts, cfg, probs[name], model)
-            last_probs = probs[reported]
+                scores[name] = evaluate(parts, cfg, probs[name], model, details[name])
+            last_probs, last_details = probs[reported], details[reported]
             both = {f"{name}_{key}": value for name, score in scores.items() for key, value in score.items()} if len(models) > 1 else {}
             record = {"step": step, **scores[reported], **both, **tally.summary(), "consistency_weight": weight, "tsa_threshold": eta,
                       "lr": warmup.get_last_lr()[0], **parts.views.stats(),
@@ -338,8 +403,8 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
                       **{f"regulariser/{k}": v for k, v in (parts.regulariser.stats() if parts.regulariser is not None else {}).items()}}
             eval_seconds += time.perf_counter() - eval_started
             record["elapsed_seconds"] = time.perf_counter() - started
-            if record["val_accuracy"] is not None and (best is None or record["val_accuracy"] > best["val_accuracy"]):
-                best, best_probs = record, last_probs
+            if record[primary] is not None and (best is None or record[primary] > best[primary]):
+                best, best_probs, best_details = record, last_probs, last_details
             on_evaluation(record)
             bar.set_postfix(test_acc=f"{record['test_accuracy']:.3f}", mask=record["mask_rate"])
             tally = PseudoLabelTally()
@@ -348,29 +413,36 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
             if checkpoint is not None and due and step < t.steps:
                 seconds = {"elapsed": time.perf_counter() - started, "eval": eval_seconds, "augment": augment_seconds}
                 checkpoint(snapshot(step, student, optimizer, warmup, parts, {"labeled": labeled, "unlabeled": unlabeled},
-                                    whole_run, seconds, scaler, best=best, record=record, last_probs=last_probs, best_probs=best_probs))
+                                    whole_run, seconds, scaler, best=best, record=record, last_probs=last_probs, best_probs=best_probs,
+                                    last_details=last_details, best_details=best_details))
                 saved_at, saved_step = time.perf_counter(), step
 
     wall = time.perf_counter() - started
-    best, best_probs = (best, best_probs) if best else (record, last_probs)
+    best, best_probs, best_details = (best, best_probs, best_details) if best else (record, last_probs, last_details)
+    extra = [name for name in task.metrics if name not in ("accuracy", "macro_f1")]  # a token task's entity F1, ...
     return Trained(result={
         "test_accuracy": record["test_accuracy"], "test_macro_f1": record["test_macro_f1"],
         "test_accuracy_best_val": best["test_accuracy"], "test_macro_f1_best_val": best["test_macro_f1"],
         "best_val_step": best["step"], "val_accuracy_best": best["val_accuracy"],
+        **{f"test_{name}{suffix}": source[f"test_{name}"] for name in extra for suffix, source in (("", record), ("_best_val", best))},
+        **({f"{primary}_best": best[primary]} if primary != "val_accuracy" else {}),
+        **{f"test_{key}{suffix}": value for suffix, source in (("", last_details), ("_best_val", best_details))
+           for key, value in source.get("test", {}).items()},  # e.g. test_entity_per_type: precision, recall, F1 by type
         "mask_rate": whole_run.summary()["mask_rate"], "pseudo_label_accuracy": whole_run.summary()["pseudo_label_accuracy"],
         "steps": t.steps, "device": describe_device(device), "precision": t.precision,
         "wall_seconds": wall, "train_seconds": wall - eval_seconds, "eval_seconds": eval_seconds,
         "label_names": list(split.label_names),  # so reports name classes without loading the dataset
         "labeled_size": len(split.labeled), "validation_size": len(split.validation),
         "unlabeled_size": len(split.pool_texts), "test_size": len(split.test),
-        "evaluated_model": reported,  # whose metrics test_accuracy etc. are; "best" is its best validation accuracy
+        "evaluated_model": reported,  # whose metrics test_accuracy etc. are; "best" is its best validation score (val_<primary>)
+        "task": parts.task_name,
         **{f"{name}_{key}{suffix}": source[f"{name}_{key}"] for name in models if len(models) > 1
-           for suffix, source in (("", record), ("_best_val", best)) for key in ("test_accuracy", "test_macro_f1")},
+           for suffix, source in (("", record), ("_best_val", best)) for key in ("test_accuracy", "test_macro_f1", *(f"test_{m}" for m in extra))},
         **teacher_scores, "augment_seconds": augment_seconds, "pseudo_label_per_class": None if whole_run.per_class is None else
         dict(zip(("selected", "correct", "gold"), whole_run.per_class.tolist())),  # per class c, over the whole run
     }, predictions={  # calibration and per-class metrics in reports
         "test_probs_last": last_probs.get("test"), "test_probs_best_val": best_probs.get("test"),
-        "test_labels": np.asarray(split.test.labels)})
+        "test_labels": np.asarray(task.gold(split.test, parts.tokenizer, cfg.backbone.max_length))})
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -392,6 +464,7 @@ def snapshot(step: int, student, optimizer, lr_schedule, parts: Parts, samplers:
         "scaler": {} if scaler is None else scaler.state_dict(),  # fp16: the loss scale and its growth tracker
         "best": plain(progress["best"]), "record": plain(progress["record"]),
         "last_probs": arrays(progress["last_probs"]), "best_probs": arrays(progress["best_probs"]),
+        "last_details": plain(progress.get("last_details", {})), "best_details": plain(progress.get("best_details", {})),
     }
 
 

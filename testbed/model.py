@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from testbed.errors import UserError
+from testbed.types import Encoded
 
 
 def available_devices() -> list[str]:
@@ -76,7 +77,10 @@ def autocast(device: str | torch.device, precision: str):
 
 
 def to_device(inputs: dict, device: str | torch.device) -> dict:
-    """A tokenized batch on ``device`` (on the CPU, ``.to`` returns the same tensors)."""
+    """A tokenized batch on ``device`` (on the CPU, ``.to`` returns the same tensors); an ``Encoded``
+    batch stays one, with what it carries beside the model's inputs."""
+    if isinstance(inputs, Encoded):
+        return inputs.to(device)
     return {key: value.to(device) for key, value in inputs.items()}
 
 

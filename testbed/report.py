@@ -34,10 +34,20 @@ from testbed.resources import refuse_shared_data
 from testbed.types import ReportContext, ReportDetails, ReportFigure, ReportSection
 
 GROUP_KEYS = ("dataset.name", "dataset.labels_per_class")
+LABELED_SIZE = "dataset.labeled_size"  # a token task's label budget (labeled sentences), where labels_per_class does not apply
+
+
+def group_label(dataset, labels_per_class, labeled_size) -> str:
+    """``trec · 10 labels/class``; a token task's ``conll2003 · 50 labeled sentences``."""
+    if isinstance(labeled_size, (int, float)) and labeled_size == labeled_size and labeled_size > 0:
+        return f"{format_value(dataset)} · {format_value(int(labeled_size))} labeled sentences"
+    return f"{format_value(dataset)} · {format_value(labels_per_class)} labels/class"
 CHECKPOINTS = {"last": ("test_accuracy", "test_macro_f1"), "best on validation": ("test_accuracy_best_val", "test_macro_f1_best_val")}
 EXTRA_RESULT_KEYS = ("augment_seconds", "eval_seconds", "labeled_size", "unlabeled_size", "test_size", "started_at",
                      "finished_at", "machine", "pseudo_label_per_class", "testbed_version", "git_commit", "label_names",
                      "device", "precision", "evaluated_model")
+RUNS_SET, COMPARE_SET = "runs", "compare"  # the set column: RUNS_DIR... and --compare-to DIR...
+COMPARE_SUFFIX = " (compare)"  # run id of a compare-set run that is also in the runs set
 COMPARISON_COLUMNS = ["group", "checkpoint", "cell", "baseline", "pairs", "mean_diff", "ci95_low", "ci95_high", "test", "p",
                       "effect_dz", "p_holm", "verdict"]
 
@@ -70,36 +80,52 @@ def implied_keys_dropped(frame, keys: list[str]) -> list[str]:
     return kept
 
 
-def load_report_table(runs_dirs: Sequence[str | Path], group_by: Sequence[str] = ()):
+def load_report_table(runs_dirs: Sequence[str | Path], group_by: Sequence[str] = (), compare_to: Sequence[str | Path] = ()):
     """The runs of every directory as one DataFrame: load_results columns (all config keys), the
-    extra result.json fields, ``runs_dir``, ``group`` and ``cell`` labels; and the cell keys. Runs
-    found in several directories are counted once and listed in ``frame.attrs["duplicates"]``."""
+    extra result.json fields, ``runs_dir``, ``set``, ``group`` and ``cell`` labels; and the cell keys.
+    Runs found in several directories of one set are counted once and listed in
+    ``frame.attrs["duplicates"]``.
+
+    With ``compare_to``, its runs are a second set beside those of ``runs_dirs``: the ``set`` column
+    says which (``runs`` | ``compare``; always ``runs`` without), every cell's label ends in its set
+    (``fixmatch [runs]``, ``fixmatch [compare]``), ``set`` joins the cell keys, and a run found in
+    both sets counts in each: in the compare set its ``run_id`` gets the suffix `` (compare)``, so
+    that every row's id stays unique (``frame.attrs["run_dirs"]`` maps each id to its directory)."""
     import pandas as pd
 
     from testbed.results import METRICS, results_frame, scan_runs
 
+    runs_dirs, compare_to = [Path(d) for d in runs_dirs], [Path(d) for d in compare_to]
+    both = sorted({d.resolve() for d in runs_dirs} & {d.resolve() for d in compare_to})
+    if both:
+        raise UserError(f"{both[0]} is both a runs directory and a --compare-to directory: give it on one side only.")
     frames, extras = [], {}
-    for d in runs_dirs:
+    for d, label in [(d, RUNS_SET) for d in runs_dirs] + [(d, COMPARE_SET) for d in compare_to]:
         runs = scan_runs(d)
         frame = results_frame(runs, all_columns=True)  # one scan: config and result read once
         frame.insert(2, "runs_dir", str(d))
+        frame.insert(3, "set", label)
         frames.append(frame)
         for run in runs:
             extras[(str(d), run["run_id"])] = {k: run["result"].get(k) for k in EXTRA_RESULT_KEYS} | {"config": run["config"]}
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if frame.empty:
-        raise UserError(f"No runs found in {', '.join(map(str, runs_dirs))}.")
-    # a run (same run id: same config) found in several directories counts once: a finished copy
-    # first, then the first directory given
+        raise UserError(f"No runs found in {', '.join(map(str, [*runs_dirs, *compare_to]))}.")
+    # a run (same run id: same config) found in several directories of a set counts once: a finished
+    # copy first, then the first directory given
     rank = frame.status.map(lambda s: 0 if s == "done" else 1)
-    keep = frame.assign(_rank=rank).sort_values(["_rank"], kind="stable").drop_duplicates("run_id").index
+    keep = frame.assign(_rank=rank).sort_values(["_rank"], kind="stable").drop_duplicates(["set", "run_id"]).index
     dropped = frame.drop(index=keep)
     frame = frame.loc[sorted(keep)].reset_index(drop=True)
-    duplicates = [{"run": r.run_id, "counted from": frame.loc[frame.run_id == r.run_id, "runs_dir"].iloc[0],
+    duplicates = [{"run": r.run_id, "counted from": frame.loc[(frame.run_id == r.run_id) & (frame["set"] == r.set), "runs_dir"].iloc[0],
                    "also in": r.runs_dir} for r in dropped.itertuples()]
     for key in EXTRA_RESULT_KEYS + ("config",):
         frame[key] = [extras.get((r.runs_dir, r.run_id), {}).get(key) for r in frame.itertuples()]
-    fixed = {"run_id", "status", "runs_dir", "error", *METRICS, *EXTRA_RESULT_KEYS, "config"}
+    in_both = set(frame.run_id[frame["set"] == RUNS_SET]) & set(frame.run_id[frame["set"] == COMPARE_SET])
+    keys = [f"{r.run_id}{COMPARE_SUFFIX}" if r.set == COMPARE_SET and r.run_id in in_both else r.run_id for r in frame.itertuples()]
+    run_dirs = {key: Path(r.runs_dir) / r.run_id for key, r in zip(keys, frame.itertuples())}
+    frame["run_id"] = keys
+    fixed = {"run_id", "status", "runs_dir", "set", "error", *METRICS, *EXTRA_RESULT_KEYS, "config"}
     config_keys = [c for c in frame.columns if c not in fixed]
     for key in config_keys:
         frame[key] = frame[key].astype(object).where(frame[key].notna(), None)
@@ -110,11 +136,11 @@ def load_report_table(runs_dirs: Sequence[str | Path], group_by: Sequence[str] =
             raise UserError(f"--group-by {unknown[0]!r} is not a config key of these runs; e.g. {', '.join(varied[:5])}.")
         cell_keys = list(group_by)
     else:
-        cell_keys = implied_keys_dropped(frame, [k for k in varied if k not in (*GROUP_KEYS, "seed")])
-    for key in GROUP_KEYS:
+        cell_keys = implied_keys_dropped(frame, [k for k in varied if k not in (*GROUP_KEYS, LABELED_SIZE, "seed")])
+    for key in (*GROUP_KEYS, LABELED_SIZE):
         if key not in frame.columns:
             frame[key] = None
-    frame["group"] = [f"{format_value(r[0])} · {format_value(r[1])} labels/class" for r in zip(frame[GROUP_KEYS[0]], frame[GROUP_KEYS[1]])]
+    frame["group"] = [group_label(*r) for r in zip(frame[GROUP_KEYS[0]], frame[GROUP_KEYS[1]], frame[LABELED_SIZE])]
     # a cell's name leaves out keys its method fixes (supervised's strong augmentation, when the
     # others vary it): they say nothing about that method's cells
     varies_within = {}
@@ -125,7 +151,12 @@ def load_report_table(runs_dirs: Sequence[str | Path], group_by: Sequence[str] =
                                for k, v in zip(cell_keys, values)
                                if k not in varies_within or varies_within[k][_hashable(values[0])] > 1) or "(all runs)"
                      for values in zip(*(frame[k] for k in cell_keys))] if cell_keys else "(all runs)"
+    if compare_to:  # the two sets side by side: every cell says which it is, and the set is a cell key (an ablation axis)
+        frame["cell"] = [label if cell == "(all runs)" else f"{cell} [{label}]" for cell, label in zip(frame["cell"], frame["set"])]
+        cell_keys = [*cell_keys, "set"]
     frame.attrs["duplicates"] = duplicates
+    frame.attrs["run_dirs"] = run_dirs
+    frame.attrs["compare"] = bool(compare_to)
     return frame, cell_keys
 
 
@@ -186,12 +217,15 @@ def report_context(frame, cell_keys: Sequence[str], baseline: str, runs_dirs: Se
         runs = done[done.group == group]
         means = runs.groupby("cell")["test_accuracy"].mean()  # best mean last-checkpoint accuracy first, ties by name
         cells[group] = tuple(sorted(means.index.tolist(), key=lambda c: (-means[c] if not math.isnan(means[c]) else math.inf, c)))
-        named = sorted(runs[runs["method"] == baseline]["cell"].unique().tolist()) if "method" in runs else []
-        named = named or [c for c in cells[group] if c == baseline]
+        matches = runs[runs["method"] == baseline] if "method" in runs else runs.iloc[:0]
+        if matches.empty:  # a cell label, with or without its set
+            matches = runs[runs.cell.isin([baseline, *(f"{baseline} [{label}]" for label in (RUNS_SET, COMPARE_SET))])]
+        preferred = matches[matches["set"] == COMPARE_SET] if "set" in matches else matches.iloc[:0]
+        named = sorted((preferred if len(preferred) else matches)["cell"].unique().tolist())  # the compared set's baseline first
         if named:
             baseline_cells[group] = named[0]
         class_names[group] = tuple(next((n for n in runs["label_names"] if isinstance(n, list)), ()))
-    files = RunFiles({r.run_id: Path(r.runs_dir) / r.run_id for r in frame.itertuples()})
+    files = RunFiles(frame.attrs.get("run_dirs") or {r.run_id: Path(r.runs_dir) / r.run_id for r in frame.itertuples()})
     context = ReportContext(
         runs_dirs=tuple(runs_dirs), out_dir=out_dir, baseline=baseline, cell_keys=tuple(cell_keys),
         metrics=files.metrics, predictions=files.predictions, groups=tuple(groups), cells=cells, baseline_cells=baseline_cells,
@@ -214,6 +248,7 @@ def leaderboard_rows(frame, context: ReportContext) -> list[dict]:
                 for metric, column in (("accuracy", acc), ("macro_f1", f1)):
                     s = summarize(sub[column].tolist())
                     rows.append({"dataset": first[GROUP_KEYS[0]], "labels_per_class": first[GROUP_KEYS[1]], "cell": cell,
+                                 **({"set": first["set"]} if frame.attrs.get("compare") else {}),
                                  "checkpoint": checkpoint, "metric": metric, "n_seeds": s.n, "mean": s.mean, "std": s.std,
                                  "ci95_low": s.ci_low, "ci95_high": s.ci_high})
     return rows
@@ -345,13 +380,15 @@ def render(sections: list[ReportSection], out_dir: Path, title: str) -> tuple[st
 
 def render_report(runs_dirs: Sequence[str | Path], out_dir: str | Path, *, baseline: str = "supervised",
                   group_by: Sequence[str] = (), registry=None, title: str | None = None,
-                  echo: Callable[[str], None] = lambda line: None) -> Path:
-    """Write the report of ``runs_dirs`` into ``out_dir``; returns the path of index.html."""
+                  echo: Callable[[str], None] = lambda line: None, compare_to: Sequence[str | Path] = ()) -> Path:
+    """Write the report of ``runs_dirs`` into ``out_dir``; returns the path of index.html. With
+    ``compare_to``, those directories' runs are a second set beside them (``load_report_table``),
+    and the paired comparisons are against the baseline cell of that set where it has one."""
     import pandas as pd
 
     refuse_shared_data(out_dir, "The report directory", "Pass -o somewhere else, e.g. reports/NAME.")
-    runs_dirs = [Path(d) for d in runs_dirs]
-    frame, cell_keys = load_report_table(runs_dirs, group_by)
+    runs_dirs, compare_to = [Path(d) for d in runs_dirs], [Path(d) for d in compare_to]
+    frame, cell_keys = load_report_table(runs_dirs, group_by, compare_to)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.png"):
@@ -360,9 +397,10 @@ def render_report(runs_dirs: Sequence[str | Path], out_dir: str | Path, *, basel
         from testbed.plugins import load_plugins
 
         registry = load_plugins()
-    context = report_context(frame, cell_keys, baseline, runs_dirs, out)
+    context = report_context(frame, cell_keys, baseline, [*runs_dirs, *compare_to], out)
     sections = collect_sections(registry, frame, context, echo)
-    md, page = render(sections, out, title or f"Report: {', '.join(d.name for d in runs_dirs)}")
+    names = ", ".join(d.name for d in runs_dirs) + (f" vs {', '.join(d.name for d in compare_to)}" if compare_to else "")
+    md, page = render(sections, out, title or f"Report: {names}")
     pd.DataFrame(list(context.leaderboard)).to_csv(out / "summary.csv", index=False, float_format="%.6g")
     pd.DataFrame(list(context.comparisons), columns=COMPARISON_COLUMNS).to_csv(out / "comparisons.csv", index=False, float_format="%.6g")
     (out / "index.md").write_text(md, encoding="utf-8")

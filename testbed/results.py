@@ -18,7 +18,8 @@ from testbed.errors import UserError
 
 METRICS = ["test_accuracy", "test_accuracy_best_val", "test_macro_f1", "test_macro_f1_best_val", "val_accuracy_best",
            "best_val_step", "mask_rate", "pseudo_label_accuracy", "teacher_test_accuracy", "student_test_accuracy", "steps",
-           "wall_seconds", "train_seconds"]
+           "wall_seconds", "train_seconds",
+           "test_entity_f1", "test_entity_f1_best_val"]  # token tasks (NER): strict IOB2 entity F1; test_accuracy is per token
 RUN_ID = re.compile(r"[0-9a-f]{12}")
 SEED = "seed"
 

@@ -4,7 +4,7 @@ sections).
 
 Every record but ``Preset`` is a ``Component``: ``factory(options, context)`` builds the object the
 run uses, from the typed ``options`` (its fields are the config keys) and the context record of its
-kind (``AugmentationContext``, ``DatasetContext``, ``BackboneContext``, ``RunContext``,
+kind (``AugmentationContext``, ``DatasetContext``, ``BackboneContext``, ``TaskContext``, ``RunContext``,
 ``TeacherContext``, ``RegulariserContext``, ``ExecutorContext``). Everything here is public through ``testbed``; the hooks
 that return the records are in ``testbed.hookspecs``.
 """
@@ -28,10 +28,13 @@ class NoOptions:
 
 @dataclass(frozen=True)
 class Texts:
-    """Texts with integer labels in ``range(len(label_names))``."""
+    """Texts with integer labels in ``range(len(label_names))`` (sentence classification), or, for token
+    classification, texts whose words (split on whitespace) each have a tag: ``tags[i]`` is text i's
+    int array, one label per word, and ``labels`` is -1 (a sentence has no label of its own)."""
 
     texts: list[str]
     labels: np.ndarray
+    tags: list[np.ndarray] | None = None  # token classification: per-word labels of each text; None: sentence labels
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -39,13 +42,32 @@ class Texts:
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    """What a dataset plugin loads: train and test (+ dev, + extra unlabeled texts)."""
+    """What a dataset plugin loads: train and test (+ dev, + extra unlabeled texts). Its rows choose
+    the task: texts with ``tags`` are token classification (task ``token``), else sentence
+    classification (``sentence``); ``task`` names another registered task for such rows."""
 
     label_names: list[str]
     train: Texts
     test: Texts
     dev: Texts | None = None
     unlabeled: list[str] = field(default_factory=list)
+    task: str = ""  # a task name (testbed_tasks); "" = the default of its rows: "sentence", or "token" when train has tags
+
+
+class Encoded(dict):
+    """Model inputs (``model(**encoded)`` sees only the dict's items) and, beside them, what the task
+    needs to read the model's outputs: ``words`` [B, T], for token tasks the index of the word each
+    position's token starts (its first subword), -1 elsewhere (special tokens, padding, later
+    subwords, words cut by truncation); None for sentence tasks."""
+
+    def __init__(self, inputs: Mapping[str, Any], words: Any = None):
+        super().__init__(inputs)
+        self.words = words
+
+    def to(self, device) -> Encoded:
+        """Everything on ``device`` (tensors only; on the same device ``.to`` returns the same tensors)."""
+        words = self.words.to(device) if self.words is not None else None
+        return Encoded({key: value.to(device) for key, value in self.items()}, words=words)
 
 
 class TextBatch:
@@ -95,7 +117,7 @@ class RunContext:
     """Facts about the run, for the factories of selectors, distances and schedules."""
 
     num_classes: int
-    pool_size: int  # number of unlabeled texts; selectors index per-example state by position
+    pool_size: int  # number of unlabeled rows (texts; words of a token task); selectors index per-row state by position
     steps: int
     seed: int
     labeled: Texts | None = None  # the labeled set, for teachers that train before the run
@@ -104,6 +126,9 @@ class RunContext:
     tokenize: Callable[[list[str]], dict] | None = None  # the student's tokenizer, padded to the batch
     device: str = "cpu"  # where the student lives (train.device resolved): state tensors and own models go there too
     label_names: tuple[str, ...] = ()  # the dataset's class names, in label order (prompted teachers read them)
+    # the run's BaseTask; None = sentence classification. Token tasks: a row is a word, pool_size counts the pool's
+    # words and selectors' indices are word positions in the pool (see BaseTask)
+    task: Any = None
 
     def budget_momentum(self) -> float:
         """EMA momentum sized to this run: m = 1 - 1/τ with a time constant τ of 1% of the steps,
@@ -146,6 +171,17 @@ class BackboneContext:
     # any backbone name, local path or hub id -> (model, tokenizer), through the run's own registry
     # (so a backbone that wraps another, e.g. a frozen encoder, sees plugins from --plugins-dir too)
     load_backbone: Callable[[str], tuple[Any, Any]]
+    # the model head the task needs (BaseTask.head): "sequence", logits [B, C] per text (a sequence classifier);
+    # "token", logits [B, T, C] per token (a token classifier, e.g. AutoModelForTokenClassification)
+    head: str = "sequence"
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a task's factory gets."""
+
+    label_names: tuple[str, ...]  # the dataset's classes (tags of a token task), in label order
+    pool_texts: tuple[str, ...] | list[str] = ()  # the run's unlabeled pool: a token task numbers its words
 
 
 @dataclass(frozen=True)
@@ -177,12 +213,16 @@ class Augmenter:
     fingerprint: str = ""
     #: True when views are always the texts themselves (identity): no cache, no change statistics
     passthrough: bool = False
+    #: True when every view keeps each word (whitespace-separated) in its place: a word is replaced by one word
+    #: or kept, never deleted, inserted, moved, split or merged, so each word's tag still applies (token tasks)
+    keeps_words: bool = False
 
     def __init__(self, fn: Callable[[list[str], np.ndarray], list[str]] | None = None, fingerprint: str = "",
-                 passthrough: bool = False):
+                 passthrough: bool = False, keeps_words: bool = False):
         self.fn, self.seen, self.unchanged = fn, 0, 0
         self.fingerprint = fingerprint or type(self).fingerprint
         self.passthrough = passthrough or type(self).passthrough
+        self.keeps_words = keeps_words or self.passthrough or type(self).keeps_words
 
     def augment(self, texts: list[str], seeds: np.ndarray) -> list[str]:
         return self.fn(texts, seeds)
@@ -315,6 +355,75 @@ class BaseRegulariser:
         pass
 
 
+class BaseTask:
+    """What the dataset's kind of example decides, so the loop never has to: how texts are encoded
+    for the model, which model head the backbone builds (``head``), how the model's outputs become
+    *rows* [N, C], the rows' labels, and how predictions are scored. Teachers' probabilities,
+    selectors, distances, the supervised loss and the pseudo-label tallies all work on rows.
+
+    This class is sentence classification (task ``sentence``): a row is an example, the outputs
+    [B, C] are the rows, scores are accuracy and macro-F1. A token task (``token``, plugins/tasks.py)
+    makes a row of each word: the outputs [B, T, C] at the words' first subwords, in order. Subclass
+    and override what differs; the factory is the class, ``factory(options, TaskContext)``.
+    """
+
+    #: the model head the backbone builds (BackboneContext.head): "sequence" ([B, C]) or "token" ([B, T, C])
+    head: str = "sequence"
+    #: the validation metric "best on validation" maximises: the record's ``val_<primary>``
+    primary: str = "accuracy"
+    #: the scalar metrics ``score`` returns; each is recorded as ``val_<name>`` and ``test_<name>``
+    metrics: tuple[str, ...] = ("accuracy", "macro_f1")
+
+    def __init__(self, options: Any = None, context: TaskContext | None = None):
+        self.options, self.context = options, context
+        self.label_names = tuple(context.label_names) if context is not None else ()
+
+    def encode(self, tokenizer, texts: list[str], max_length: int) -> dict:
+        """Model inputs for ``texts`` (an ``Encoded`` when the task reads more than the model takes),
+        padded to the longest text of the batch."""
+        from testbed.model import tokenize
+
+        return tokenize(tokenizer, texts, max_length)
+
+    def rows(self, outputs, inputs):
+        """Rows [N, C] of the model's outputs on ``inputs`` (logits or probabilities, any trailing C)."""
+        return outputs
+
+    def batch_rows(self, outputs, batch: TextBatch):
+        """``rows`` of outputs on a TextBatch (a teacher's probabilities); reads ``batch.inputs`` only
+        when it needs them (a teacher with its own tokenizer leaves the student's untokenized)."""
+        return outputs
+
+    def labels(self, examples: Texts, indices: np.ndarray, inputs) -> np.ndarray:
+        """The labels [N] of the rows of ``examples`` at ``indices``, encoded as ``inputs``."""
+        return examples.labels[indices]
+
+    def unlabeled_rows(self, indices: np.ndarray, weak: TextBatch, strong: TextBatch) -> tuple[np.ndarray, np.ndarray]:
+        """For pool examples ``indices`` and their weak and strong views: (each row's position in the
+        pool [N], the position in the batch of the example it belongs to [N]). A task whose rows
+        depend on the encoding makes the two views give the same rows, in the same order, here."""
+        return np.asarray(indices), np.arange(len(indices))
+
+    def predict(self, model, tokenizer, texts: list[str], max_length: int, batch_size: int, precision: str = "fp32") -> np.ndarray:
+        """Probabilities of the rows of ``texts`` [N, C], in eval mode, on the model's device."""
+        from testbed.model import predict
+
+        return predict(model, tokenizer, texts, max_length, batch_size, precision)
+
+    def gold(self, examples: Texts, tokenizer, max_length: int) -> np.ndarray:
+        """The labels [N] of the rows ``predict`` gives for ``examples``."""
+        return np.asarray(examples.labels)
+
+    def score(self, probs: np.ndarray, examples: Texts, tokenizer, max_length: int) -> dict[str, Any]:
+        """Scores of ``probs`` (rows, as ``predict`` gives them) against ``examples``: every name of
+        ``metrics`` with a float, and optionally details that are not numbers (a table by class), which
+        go to result.json only."""
+        from testbed.model import accuracy_and_macro_f1
+
+        accuracy, macro_f1 = accuracy_and_macro_f1(probs, np.asarray(examples.labels), len(self.label_names))
+        return {"accuracy": accuracy, "macro_f1": macro_f1}
+
+
 class Training:
     """The optimizer side of the run, as a teacher's ``update`` sees it."""
 
@@ -377,7 +486,9 @@ class Component(Record):
 
 @dataclass(frozen=True, kw_only=True)
 class Augmentation(Component):
-    """factory(options, AugmentationContext) -> Augmenter. Options may hold other augmentations as
+    """factory(options, AugmentationContext) -> Augmenter. ``keeps_words``: its views keep each word
+    in its place with its default options (what token tasks need; the built augmenter's own
+    ``Augmenter.keeps_words`` decides for given options). Options may hold other augmentations as
     ``AugmentationSpec`` fields, checked like ``augmentation.strong`` itself (did-you-mean names,
     valid options, defaults filled in). Example, two augmentations in a row::
 
@@ -392,6 +503,8 @@ class Augmentation(Component):
 
         Augmentation(name="pair", summary="two in a row", factory=pair, options=PairOptions)
     """
+
+    keeps_words: bool = False
 
 
 AugmentationSpec = Annotated[Any, "testbed.augmentation_spec"]
@@ -428,7 +541,23 @@ class Regulariser(Component):
 
 @dataclass(frozen=True, kw_only=True)
 class Dataset(Component):
-    """factory(options, DatasetContext) -> DatasetSplits. Raise UserError for missing or malformed data."""
+    """factory(options, DatasetContext) -> DatasetSplits. Raise UserError for missing or malformed data.
+    ``task``: the task its rows choose, when known without loading them (e.g. ``token`` for a NER
+    set), so a config can adapt before the data is read (a preset's views, see ``Task.aligned_view``)."""
+
+    task: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task(Component):
+    """factory(options, TaskContext) -> BaseTask: a kind of example (sentence or token classification).
+    The dataset's rows choose it: ``reads`` is the kind of rows it takes, ``"text"`` (a text and a
+    label) or ``"tokens"`` (words and a tag per word). ``aligned_view``: None when any augmentation
+    will do; else views must keep every word in place (``Augmenter.keeps_words``), and this
+    augmentation spec replaces a preset's weak or strong view that does not."""
+
+    reads: str = "text"
+    aligned_view: Any = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -116,12 +116,14 @@ def view_entry(root: Path, spec: dict, fingerprint: str, seed: int, role: str) -
 
 
 class ViewStream:
-    """One view (weak or strong) of the unlabeled pool, read from the cache or computed."""
+    """One view (weak or strong) of the unlabeled pool, read from the cache or computed. With
+    ``keep_words`` every view drawn must have as many words as its text (token tasks)."""
 
     def __init__(self, augment: Callable, spec: dict, fingerprint: str, role: str, pool: Sequence[str], seed: int,
-                 variants: int, root: Path | None):
+                 variants: int, root: Path | None, keep_words: bool = False):
         self.augment, self.spec, self.role, self.pool, self.seed = augment, spec, role, pool, seed
         self.passthrough = getattr(augment, "passthrough", False)  # views are the texts: no cache, no digests
+        self.keep_words = keep_words and not self.passthrough
         cached = root is not None and variants > 0 and not self.passthrough
         self.entry = view_entry(root, spec, fingerprint, seed, role) if cached else None
         self.table = self.entry.items if self.entry else {}  # (text digest, variant) -> view; stays empty uncached
@@ -152,7 +154,19 @@ class ViewStream:
                 self.entry.add(fresh)
         self.drawn += len(views)
         self.unchanged += sum(1 for view, i in zip(views, indices.tolist()) if view == pool[i])
+        if self.keep_words:
+            self._check_words(views, indices)
         return views
+
+    def _check_words(self, views: list[str], indices: np.ndarray) -> None:
+        from testbed.errors import UserError
+
+        for view, i in zip(views, indices.tolist()):
+            before, after = len(self.pool[i].split()), len(view.split())
+            if before != after:
+                raise UserError(f"augmentation.{self.role} = {self.spec['name']!r} changed a text's number of words ({before} -> "
+                                f"{after}): {self.pool[i][:80]!r} -> {view[:80]!r}. A token task needs views that keep every "
+                                "word in place (each word keeps its tag); choose another augmentation or other options.")
 
     def flush(self) -> None:
         if self.entry is not None:
@@ -200,17 +214,34 @@ class Views:
         self.strong.flush()
 
 
-def open_views(cfg, pool: Sequence[str], registry=None) -> Views:
-    """The views of a run: its augmentation choices, seed and ``train.view_variants``."""
+def open_views(cfg, pool: Sequence[str], registry=None, aligned: str | None = None) -> Views:
+    """The views of a run: its augmentation choices, seed and ``train.view_variants``. ``aligned``
+    (what needs it, e.g. "token task 'token' of dataset 'conll2003'"): views must keep every word in
+    place; an augmentation that does not declare it (``Augmenter.keeps_words``) is refused here,
+    and a view whose word count differs anyway stops the run when it is drawn."""
     streams = []
     root = None
     for role in ROLES:
         spec = cfg.resolved["augmentation"][role]
         augment, canonical, fingerprint = build(spec, registry, f"augmentation.{role}", pool)
+        if aligned and not getattr(augment, "keeps_words", False):
+            from testbed.errors import UserError
+
+            raise UserError(f"augmentation.{role} = {canonical['name']!r} does not keep every word in place (with these options "
+                            f"it may delete, insert, move, split or merge words), so its views cannot carry the words' tags that "
+                            f"the {aligned} needs. These keep them (with their default options): {', '.join(words_keeping(registry))}, and "
+                            f"sequence, one_of or randaugment made of them only. E.g. augmentation.{role}=word_mask.")
         if root is None and not getattr(augment, "passthrough", False) and cfg.train.view_variants > 0:
             root = cache_root()
-        streams.append(ViewStream(augment, canonical, fingerprint, role, pool, cfg.seed, cfg.train.view_variants, root))
+        streams.append(ViewStream(augment, canonical, fingerprint, role, pool, cfg.seed, cfg.train.view_variants, root,
+                                  keep_words=bool(aligned)))
     return Views(*streams, pool_size=len(pool), variants=cfg.train.view_variants)
+
+
+def words_keeping(registry=None) -> list[str]:
+    """Names of the augmentations whose views keep every word in place with their default options."""
+    registry = registry or _default_registry()
+    return sorted(name for name, (record, _) in registry.records["augmentation"].items() if getattr(record, "keeps_words", False))
 
 
 # --------------------------------------------------------------------------- diversity and fidelity

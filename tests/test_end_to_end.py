@@ -212,12 +212,14 @@ def test_datasets_lists_trec(data_root):
     result = CliRunner().invoke(main, ["datasets"])
     assert result.exit_code == 0, result.output
     assert f"data directory: {data_root}" in result.output
-    assert re.search(r"^trec\s+6\s+5452\s+0\s+500\s+0\s+DESC, ENTY, ABBR, HUM, LOC, NUM$", result.output, re.M)
-    assert re.search(r"^sst2\s+2\s+6920\s+872\s+1821\s+0\s", result.output, re.M)
+    assert re.search(r"^trec\s+sentence\s+6\s+5452\s+0\s+500\s+0\s+DESC, ENTY, ABBR, HUM, LOC, NUM$", result.output, re.M)
+    assert re.search(r"^sst2\s+sentence\s+2\s+6920\s+872\s+1821\s+0\s", result.output, re.M)
+    assert re.search(r"^conll2003\s+token\s+9\s+14041\s+3250\s+3453\s+0\s+O, B-PER, I-PER", result.output, re.M)  # sentences
     as_json = CliRunner().invoke(main, ["datasets", "--json"])
     rows = {row["name"]: row for row in json.loads(as_json.stdout)}
     assert rows["trec"]["classes"] == 6 and rows["trec"]["train"] == 5452 and rows["trec"]["test"] == 500
-    assert set(rows) == {"ag_news", "imdb", "sst2", "trec", "mr", "sms_spam"}  # files/hub need options
+    assert rows["trec"]["task"] == "sentence" and rows["conll2003"]["task"] == "token"
+    assert set(rows) == {"ag_news", "imdb", "sst2", "trec", "mr", "sms_spam", "conll2003"}  # files/hub need options
 
 
 def test_datasets_reports_a_missing_data_directory(tmp_path, monkeypatch):

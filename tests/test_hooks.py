@@ -61,6 +61,8 @@ CHECKS = {
     "testbed_regularisers": lambda out, cfg, report: cfg["regulariser"]["name"] == "confident" and all(
         m["regulariser_loss"] > 0 for m in cfg["metrics"]),  # the term was added at every step
     "testbed_datasets": lambda out, cfg, report: cfg["dataset"]["name"] == "colours",
+    "testbed_tasks": lambda out, cfg, report: cfg["dataset"]["task"] == "balanced" and all(
+        0 <= m["test_balanced_accuracy"] <= 1 for m in cfg["metrics"]),  # the task scored every evaluation
     "testbed_backbones": lambda out, cfg, report: cfg["backbone"]["name"] == "small",
     "testbed_presets": lambda out, cfg, report: cfg["method"] == "pi_model",
     "testbed_executors": lambda out, cfg, report: "running 2 cells one by one" in out,
@@ -87,7 +89,7 @@ def test_the_core_calls_every_hook_of_the_examples(tmp_path):
     grid.write_text(textwrap.dedent("""
         [base]
         method = "pi_model"
-        dataset = {name = "colours", labels_per_class = 1, validation_per_class = 1}
+        dataset = {name = "colours", labels_per_class = 1, validation_per_class = 1, task = "balanced"}
         backbone = {name = "small", max_length = 8}
         train = {steps = 4, eval_every = 2, batch_size = 2, unlabeled_ratio = 1, threads = 1, view_variants = 0}
         selector.name = "keep_soft"

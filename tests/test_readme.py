@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from testbed.cli import main
@@ -42,3 +43,27 @@ def test_readme_test_command_is_what_ci_runs():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^test:", makefile, re.M) and re.search(r"^demo:", makefile, re.M)
+
+
+@pytest.mark.slow
+def test_the_from_python_example_runs(tmp_path):
+    """The "From Python" example as written, in a fresh interpreter and an empty directory, with its `tiny`
+    settings made tinier still (a 1-layer backbone, a slice of TREC, 2 steps)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = re.search(r"```python\n(.*?)```", _section("From Python"), re.S).group(1)
+    line = re.search(r"^tiny = \{.*\}$", code, re.M)
+    assert line is not None, "the example keeps its settings in one `tiny = {...}` line"
+    tinier = {"backbone.name": "tiny", "backbone.layers": 1, "backbone.hidden": 32, "backbone.heads": 2, "backbone.intermediate": 64,
+              "backbone.max_length": 32, "dataset.name": "trec", "dataset.labels_per_class": 4, "dataset.validation_per_class": 2,
+              "dataset.unlabeled_limit": 30, "dataset.test_limit": 30, "train.steps": 2, "train.batch_size": 4, "train.eval_every": 2}
+    code = code.replace(line.group(0), f"tiny = {json.dumps(tinier)}")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TESTBED_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[1] == "4 0" and lines[2] == "reports/first/index.html"  # 4 runs done, none failed; the report's page
+    assert (tmp_path / "reports" / "first" / "index.md").is_file() and len(list((tmp_path / "runs" / "first").glob("*/result.json"))) == 4

@@ -17,6 +17,7 @@ from scipy import stats
 
 from conftest import FAST
 from testbed.cli import main
+from testbed.errors import UserError
 from testbed.report import render_report
 from testbed.report_stats import CI_NEEDS, calibration, factorial_anova, friedman, holm, paired_test, summarize, verdict
 
@@ -282,6 +283,71 @@ def test_a_run_in_two_directories_counts_once(tmp_path, synthetic):
     assert "runs appear in more than one runs directory; each is counted once" in md
     rows = {(r["cell"], r["checkpoint"], r["metric"]): r for r in _csv(tmp_path / "r" / "summary.csv")}
     assert int(rows[("fixmatch", "last", "accuracy")]["n_seeds"]) == 4
+
+
+@pytest.fixture
+def two_sets(tmp_path):
+    """New runs beside committed baseline runs: the same configs (so the same run ids) with other numbers,
+    and a cell only the new set has."""
+    new, base = tmp_path / "new", tmp_path / "base"
+    for seed in range(3):
+        fake_run(base, f"a{seed:011x}", "supervised", seed, 0.70 + 0.01 * seed)
+        fake_run(base, f"b{seed:011x}", "fixmatch", seed, 0.75 + 0.01 * seed)
+        fake_run(new, f"a{seed:011x}", "supervised", seed, 0.72 + 0.01 * seed)
+        fake_run(new, f"b{seed:011x}", "fixmatch", seed, 0.80 + 0.01 * seed)
+        fake_run(new, f"c{seed:011x}", "pseudolabel", seed, 0.70 + 0.01 * seed)
+    return new, base
+
+
+def test_compare_to_reports_two_sets_side_by_side(tmp_path, two_sets):
+    new, base = two_sets
+    result = CliRunner().invoke(main, ["report", str(new), "--compare-to", str(base), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    rows = {(r["cell"], r["checkpoint"], r["metric"]): r for r in _csv(tmp_path / "r" / "summary.csv")}
+    cells = {cell for cell, _, _ in rows}
+    assert cells == {"supervised [runs]", "fixmatch [runs]", "pseudolabel [runs]", "supervised [compare]", "fixmatch [compare]"}
+    assert all(int(r["n_seeds"]) == 3 for r in rows.values())  # a config in both sets counts in each
+    assert rows[("fixmatch [compare]", "last", "accuracy")]["set"] == "compare"
+    assert float(rows[("fixmatch [compare]", "last", "accuracy")]["mean"]) == pytest.approx(0.76)
+    comparisons = {(r["cell"], r["checkpoint"]): r for r in _csv(tmp_path / "r" / "comparisons.csv")}
+    assert {r["baseline"] for r in comparisons.values()} == {"supervised [compare]"}  # the compared set's baseline
+    assert float(comparisons[("fixmatch [runs]", "last")]["mean_diff"]) == pytest.approx(0.10)
+    assert float(comparisons[("supervised [runs]", "last")]["mean_diff"]) == pytest.approx(0.02)
+    assert float(comparisons[("fixmatch [compare]", "last")]["mean_diff"]) == pytest.approx(0.05)
+    md = _md(tmp_path / "r" / "index.md")
+    assert md.startswith("# Report: new vs base") and f"*runs* ({new}) and *compare* ({base})" in md
+    assert "more than one runs directory" not in md  # not duplicates: one run per set
+    assert "a00000000000 (compare) · done" in md and f"| compared to (--compare-to) | {base} |" in md
+    assert "| set | runs | mean accuracy | 95% CI |" in md  # the set is an axis of the ablation section
+    help_text = CliRunner().invoke(main, ["report", "--help"]).output
+    assert "--compare-to DIR" in help_text and "compare set's baseline" in " ".join(help_text.split())
+
+
+def test_each_set_reads_its_own_run_files(tmp_path, two_sets):
+    from testbed.report import load_report_table, report_context
+
+    new, base = two_sets
+    frame, keys = load_report_table([new], compare_to=[base])
+    assert keys == ["method", "set"] and len(frame) == 15
+    assert frame.attrs["run_dirs"]["a00000000000 (compare)"] == base / "a00000000000"
+    assert frame.attrs["run_dirs"]["a00000000000"] == new / "a00000000000"
+    context = report_context(frame, keys, "supervised", [new, base], tmp_path / "r")
+    assert context.metrics("a00000000000")[-1]["test_accuracy"] == pytest.approx(0.72)
+    assert context.metrics("a00000000000 (compare)")[-1]["test_accuracy"] == pytest.approx(0.70)
+    pooled, _ = load_report_table([new, base])  # without --compare-to the same run ids count once
+    assert len(pooled) == 9 and set(pooled["set"]) == {"runs"} and "[" not in "".join(pooled.cell)
+    with pytest.raises(UserError, match="is both a runs directory and a --compare-to directory"):
+        load_report_table([new], compare_to=[new])
+
+
+def test_the_baseline_comes_from_the_main_set_when_the_compared_set_lacks_it(tmp_path, two_sets):
+    new, base = two_sets
+    for run in base.glob("a*"):
+        shutil.rmtree(run)  # no supervised runs to compare to
+    render_report([new], tmp_path / "r", compare_to=[base])
+    assert {r["baseline"] for r in _csv(tmp_path / "r" / "comparisons.csv")} == {"supervised [runs]"}
+    render_report([new], tmp_path / "r", compare_to=[base], baseline="fixmatch")  # a method: the compare set's cell of it
+    assert {r["baseline"] for r in _csv(tmp_path / "r" / "comparisons.csv")} == {"fixmatch [compare]"}
 
 
 def test_a_cell_pooling_several_configs_pairs_seed_means(tmp_path):
@@ -582,7 +648,10 @@ def test_the_report_says_which_axes_matter_and_shows_a_teachers_student(tmp_path
                 acc = 0.6 + (0.1 if distance == "kl" else 0.0) + 0.003 * seed + (0.002 if selector == "curriculum" and seed == 1 else 0)
                 fake_run(out, f"{n:012x}", "fixmatch", seed, acc, extra={"distance": {"name": distance}, "selector": {"name": selector}})
                 n += 1
+    for seed in range(3):  # a baseline outside the grid (an include cell): left out of the analysis, which stays complete
+        fake_run(out, f"{n + seed:012x}", "supervised", seed, 0.5)
     md = _md(render_report([out], tmp_path / "report") and tmp_path / "report" / "index.md")
+    assert "The baseline cell (method=supervised) lies outside the grid's axes" in md
     assert "Terms with a real effect, largest first: distance (η² = 0.99" in md
     assert re.search(r"\| distance +\| 1 +\| 0\.99\d +\|.*\| matters +\|", md)
     assert re.search(r"\| selector +\| 1 +\|.*\| no detectable effect \|", md)
