@@ -183,6 +183,9 @@ def load_pretrained(model_id: str, num_labels: int, head: str = "sequence", **ex
     from transformers.utils import logging as hf_logging
 
     check_head(head, model_id)
+    unavailable = hub_unavailable(model_id)
+    if unavailable:
+        raise UserError(unavailable)
     auto = AutoModelForTokenClassification if head == "token" else AutoModelForSequenceClassification
 
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
@@ -194,7 +197,7 @@ def load_pretrained(model_id: str, num_labels: int, head: str = "sequence", **ex
         model = auto.from_pretrained(model_id, num_labels=num_labels, ignore_mismatched_sizes=True, **extra)
     except (OSError, ValueError) as exc:
         raise UserError(
-            f"Could not load backbone {model_id!r} as a Hugging Face model (local path or hub id): {str(exc).rstrip('.')}. "
+            f"Could not load backbone {model_id!r} as a Hugging Face model (local path or hub id): {' '.join(str(exc).split()).rstrip('.')}. "
             "Check the path, or go online / set HF_HUB_OFFLINE=0 for hub ids; `testbed plugins` lists named backbones."
         ) from None
     finally:
@@ -202,6 +205,43 @@ def load_pretrained(model_id: str, num_labels: int, head: str = "sequence", **ex
         if bars:
             hf_logging.enable_progress_bar()
     return model, tokenizer
+
+
+def hub_unavailable(model_id: str, timeout: float = 5.0) -> str | None:
+    """Why ``model_id`` cannot be loaded now without waiting on the network, or None: it is a local
+    directory, or in the Hugging Face cache, or the hub answers. Offline (HF_HUB_OFFLINE=1) a hub id that
+    is not cached fails at once; online, an unreachable hub fails after one connection attempt of at most
+    ``timeout`` s, not after the hub client's retries (about a minute)."""
+    import os
+    import socket
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    if Path(model_id).exists():
+        return None
+    if model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:  # a path, not a hub id (name or org/name)
+        return (f"Backbone path {model_id!r} not found (relative paths start from {Path.cwd()}). Check the path; "
+                "`testbed plugins` lists the named backbones.")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+            return None  # cached
+    except Exception:  # not a valid repo id (a mistyped local path): not cached either
+        pass
+    what = (f"Backbone {model_id!r} is not a local directory and not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE})")
+    if constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE", "") not in ("", "0", "false"):
+        return (f"{what}, and HF_HUB_OFFLINE=1 keeps testbed off the network. Check the path, or download the model once "
+                "with HF_HUB_OFFLINE unset (online); `testbed plugins` lists the named backbones.")
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+    except OSError as exc:
+        return (f"{what}, and the hub at {constants.ENDPOINT} cannot be reached ({exc}). Check the path, or the network "
+                "(and HF_ENDPOINT), or download the model where the hub can be reached.")
+    return None
 
 
 def minilm_path() -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from testbed import (
     DATA_DIR_ENV,
+    SUFFIXES,
     Dataset,
     DatasetSplits,
     UserError,
@@ -46,19 +47,31 @@ class FilesOptions:
     test: str = ""  # the test file, when path is a file
     text_column: str = "text"
     label_column: str = "label"
+    # > 0: split this share of the labelled file (or of a directory's train, when it has no test file) off as the
+    # test set, stratified by class and seeded by the run's seed; 0 = the test set is a file
+    test_fraction: float = 0.0
+
+    def __post_init__(self):
+        if not 0 <= self.test_fraction < 1:
+            raise ValueError(f"dataset.test_fraction must be at least 0 and below 1 (e.g. 0.2), got {self.test_fraction}")
 
 
 def files(options: FilesOptions, context) -> DatasetSplits:
     if not options.path:
-        raise UserError("dataset.path is empty: set it to a data directory or a train file (.jsonl, .jsonl.gz, .csv, .parquet).")
+        raise UserError(f"dataset.path is empty: set it to a data directory or a train file ({', '.join(SUFFIXES)}).")
     path = Path(options.path)
+    if not path.exists():
+        hub = "" if path.suffix or path.is_absolute() else f" For a Hugging Face hub dataset: dataset.name=hub dataset.hub_id={options.path}."
+        raise UserError(f"Dataset path {options.path!r} not found (relative paths start from {Path.cwd()}).{hub}")
+    split = {"test_fraction": options.test_fraction, "seed": getattr(context, "seed", 0)}
     if path.is_dir():
-        return load_dataset_dir(path, options.text_column, options.label_column)
-    if not options.test:
-        raise UserError(f"dataset.path {options.path!r} is a file, so dataset.test must name the test file.")
+        return load_dataset_dir(path, options.text_column, options.label_column, **split)
+    if not options.test and not options.test_fraction:
+        raise UserError(f"dataset.path {options.path!r} is a file, so dataset.test must name the test file, or "
+                        "dataset.test_fraction (e.g. 0.2) split a stratified test set off it.")
     labels_json = path.parent / "labels.json"
-    return load_dataset_files(path, Path(options.test), labels_json=labels_json,
-                              text_column=options.text_column, label_column=options.label_column)
+    return load_dataset_files(path, Path(options.test) if options.test else None, labels_json=labels_json,
+                              text_column=options.text_column, label_column=options.label_column, **split)
 
 
 @dataclass(frozen=True)
@@ -88,17 +101,24 @@ def hub(options: HubOptions, context) -> DatasetSplits:
     feature = loaded[options.train_split].features.get(options.label_column)
     train_rows = list(loaded[options.train_split])
     names = list(feature.names) if hasattr(feature, "names") else infer_label_names(train_rows, options.label_column)
-    convert = lambda split, rows: rows_to_texts(rows, names, f"{options.hub_id}[{split}]", options.text_column, options.label_column)  # noqa: E731
+    convert = lambda split, rows: rows_to_texts(rows, names, f"{options.hub_id}[{split}]", options.text_column,  # noqa: E731
+                                                options.label_column, allow_empty=True)  # a hub dataset's empty texts stay ""
     return DatasetSplits(label_names=[str(n) for n in names], train=convert(options.train_split, train_rows),
                          test=convert(options.test_split, list(loaded[options.test_split])))
+
+
+def looks_like_path(name: str) -> bool:
+    """An existing path, or a name written as one (a directory separator, a data file's suffix): a missing
+    path then says "not found" rather than "unknown dataset"."""
+    return Path(name).exists() or "/" in name or name.endswith(tuple(SUFFIXES)) or name.startswith(".")
 
 
 @hookimpl
 def testbed_datasets():
     return [
         *[Dataset(name=name, summary=summary, factory=benchmark(name), task=TASKS.get(name, "")) for name, summary in BENCHMARKS.items()],
-        Dataset(name="files", summary="local jsonl/csv/parquet files with text and label columns, or tokens and tags columns "
-                "(token classification)", factory=files, options=FilesOptions,
-                shorthand=lambda name: {"path": name} if Path(name).exists() else None),  # dataset.name=path/to/data
+        Dataset(name="files", summary="local jsonl/csv/tsv/parquet files with text and label columns, or tokens and tags columns "
+                "(token classification); one labelled file with dataset.test_fraction", factory=files, options=FilesOptions,
+                shorthand=lambda name: {"path": name} if looks_like_path(name) else None),  # dataset.name=path/to/data
         Dataset(name="hub", summary="a Hugging Face datasets hub id (online)", factory=hub, options=HubOptions),
     ]

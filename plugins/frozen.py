@@ -24,10 +24,22 @@ length each cost 2-3x the encoding (0.30x the texts/s of 64-row exact-length cal
 may choose other kernels: the cache entry is keyed by the weights, not the machine, so do not share
 one cache directory between machines and expect bit-identical runs.
 
+Token tasks (the task's ``head`` is ``token``, e.g. NER): the head is the same dropout + Linear,
+applied to every position, so the model's logits are [B, T, C] at the positions of the task's own
+encoding (its pre-split words: the task reads each word's first subword, as it does with a
+fine-tuned token classifier). A token feature is the last hidden state at one position of a text,
+computed in the same [ENCODE_ROWS, bucket] calls, so it too depends on the text's token ids alone.
+The model sees token ids, not the task's word alignment, so every position of a text is kept (its
+special tokens and later subwords too), not only the first subwords the task reads: 1.38 rows per
+word of CoNLL-2003's train split with MiniLM's tokenizer (1.24 subwords a word, [CLS] and [SEP]).
+
 Cache: one entry of the store (``testbed.CacheEntry``, kind ``features``: ``$TESTBED_CACHE/features``)
 per (encoder, pooling, weights fingerprint, FORMAT), holding float32 [hidden] rows by token-id
-digest. New features are written when the student comes back from an evaluation, when
-FLUSH_EVERY are pending, and when the model is garbage-collected or the process exits.
+digest; token features are entries of their own (key ``features = "token"``, TOKEN_FORMAT, no
+pooling), their rows keyed by (token-id digest, position: ``testbed cache`` counts the positions as
+its variants), so one is never read as the other. New features are written when the student comes
+back from an evaluation, when FLUSH_EVERY rows are pending (a token entry's rows are tokens), and
+when the model is garbage-collected or the process exits.
 ``testbed cache`` lists the entries and ``testbed cache clear ENCODER`` removes them.
 """
 
@@ -50,6 +62,7 @@ ENCODE_ROWS = 8  # rows of every encoder call (a short batch repeats its last ro
 BUCKET = 16  # texts are padded (masked) to the next multiple of this: a text's call shape depends on its length alone
 FLUSH_EVERY = 16_384  # pending features written without waiting for an evaluation
 FORMAT = 3  # 3: [8, length bucket] calls; 2: [8, exact length]; 1: up to 64 rows of one length. Their features differ in the last bits
+TOKEN_FORMAT = 1  # token features (one row per position of a text): 1: [8, length bucket] calls, as FORMAT 3
 
 ENCODED = Counter()  # texts run through an encoder in this process, by cache entry name: tests and benchmarks read it
 
@@ -58,7 +71,8 @@ ENCODED = Counter()  # texts run through an encoder in this process, by cache en
 class FrozenOptions:
     encoder: str = "minilm"  # the backbone whose encoder is frozen: a registered name, local path or hub id
     pooling: str = "mean"  # "mean": mean of the last hidden layer over the text's tokens (what sentence-transformers
-    #                         models such as MiniLM were trained for); "cls": the first token's last hidden state
+    #                         models such as MiniLM were trained for); "cls": the first token's last hidden state.
+    #                         Sentence tasks only: a token task's head reads every token's own last hidden state
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -93,13 +107,19 @@ def fixed_rows(rows: list, count: int) -> list:
 
 
 class FeatureStore:
-    """Pooled encoder outputs by token-id digest: in memory, backed by one cache entry on disk."""
+    """Pooled encoder outputs by token-id digest: in memory, backed by one cache entry on disk.
+    ``per_token``: the last hidden state of every position instead (token tasks), by (digest, position)."""
 
-    def __init__(self, encoder: nn.Module, pooling: str, name: str, root: Path | None):
-        self.encoder, self.pooling = encoder.requires_grad_(False).eval(), pooling
+    def __init__(self, encoder: nn.Module, pooling: str | None, name: str, root: Path | None, per_token: bool = False):
+        self.encoder, self.per_token = encoder.requires_grad_(False).eval(), per_token
+        self.pooling = None if per_token else pooling
         self.hidden = encoder.config.hidden_size
-        # features of another format are not bit-identical to these: FORMAT joins the key
-        self.key = {"format": FORMAT, "encoder": name, "pooling": pooling, "fingerprint": weights_fingerprint(encoder)}
+        # features of another format are not bit-identical to these: FORMAT joins the key; token features
+        # are another kind of row (a position's state, not a text's pooled one): their own key and format
+        if per_token:
+            self.key = {"format": TOKEN_FORMAT, "features": "token", "encoder": name, "fingerprint": weights_fingerprint(encoder)}
+        else:
+            self.key = {"format": FORMAT, "encoder": name, "pooling": pooling, "fingerprint": weights_fingerprint(encoder)}
         self.name, self.root, self.device = name, root, torch.device("cpu")
         self._open()
         self.owner = None  # weakref to the student built on this store; set by FrozenEncoderClassifier
@@ -108,9 +128,12 @@ class FeatureStore:
         # A GPU's kernels round otherwise than the CPU's: features encoded there get their own entry
         # (the CPU's key is unchanged, so CPU caches written before devices existed stay valid)
         key = self.key if self.device.type == "cpu" else {**self.key, "device": self.device.type}
+        # token features: variant = the token's position in its text
         self.cache = CacheEntry(self.root, key, name=self.name, description="frozen-encoder outputs",
-                                columns={"encoder": self.name, "pooling": self.pooling, "hidden": self.hidden},
-                                shape=(self.hidden,), dtype="float32", flush_every=FLUSH_EVERY)  # root None: memory only
+                                columns={"encoder": self.name, "pooling": "per-token" if self.per_token else self.pooling,
+                                         "hidden": self.hidden},
+                                shape=(self.hidden,), dtype="float32", variants=self.per_token,
+                                flush_every=FLUSH_EVERY)  # root None: memory only
         self.entry = self.cache.id
 
     def to(self, device: torch.device) -> None:
@@ -130,15 +153,28 @@ class FeatureStore:
         return self  # teachers' copies of the model share the encoder and the features
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, device: torch.device | None = None) -> torch.Tensor:
-        """Features [B, hidden] of a tokenized batch, on ``device``; the table stays numpy on the CPU."""
+        """Features [B, hidden] of a tokenized batch, on ``device``; the table stays numpy on the CPU.
+        A ``per_token`` store: [B, T, hidden], each text's positions (those its mask keeps) in place, 0 at padding."""
         device = torch.device("cpu") if device is None else torch.device(device)
         if device != self.device:
             self.to(device)  # the encoder follows the head (the student), which the loop moved
         keys, rows = token_keys(input_ids, attention_mask)
-        missing = {key: row for key, row in zip(keys, rows) if key not in self.table}
+        table = self.table
+        if self.per_token:
+            missing = {key: row for key, row in zip(keys, rows)
+                       if len(row) and not all((key, p) in table for p in range(len(row)))}
+        else:
+            missing = {key: row for key, row in zip(keys, rows) if key not in table}
         if missing:
             self._encode(missing, device)
-        return torch.from_numpy(np.stack([self.table[key] for key in keys])).to(device)
+        if not self.per_token:
+            return torch.from_numpy(np.stack([table[key] for key in keys])).to(device)
+        out = np.zeros((*input_ids.shape, self.hidden), dtype=np.float32)
+        keep = np.ones(input_ids.shape, dtype=bool) if attention_mask is None else attention_mask.cpu().numpy().astype(bool)
+        for i, (key, row) in enumerate(zip(keys, rows)):
+            if len(row):
+                out[i, keep[i]] = np.stack([table[key, p] for p in range(len(row))])
+        return torch.from_numpy(out).to(device)
 
     @torch.no_grad()
     def _encode(self, missing: dict[int, np.ndarray], device: torch.device) -> None:
@@ -161,6 +197,12 @@ class FeatureStore:
                 ids, mask = ids.to(device), mask.to(device)
                 with autocast_off:
                     hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+                if self.per_token:  # every position of the text's own tokens; copied, so the call's padding is not kept
+                    states = hidden.float().cpu().numpy()
+                    for i, (key, row) in enumerate(chunk):
+                        own = np.array(states[i, : len(row)])
+                        new.update(((key, p), own[p]) for p in range(len(row)))
+                    continue
                 if self.pooling == "mean":  # over the text's own tokens
                     pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
                 else:
@@ -183,7 +225,8 @@ class FrozenOutput:
 
 
 class FrozenEncoderClassifier(nn.Module):
-    """dropout(0.1) + Linear(hidden, num_labels) on the store's features; the head is all it trains."""
+    """dropout(0.1) + Linear(hidden, num_labels) on the store's features; the head is all it trains.
+    On a ``per_token`` store (token tasks) the same head on every position: logits [B, T, C]."""
 
     def __init__(self, store: FeatureStore, num_labels: int):
         super().__init__()
@@ -206,17 +249,20 @@ class FrozenEncoderClassifier(nn.Module):
         return super().train(mode)
 
 
+HEADS = ("sequence", "token")  # BackboneContext.head: pooled features per text, or a feature per token
+
+
 def frozen(options: FrozenOptions, context):
-    if getattr(context, "head", "sequence") != "sequence":
-        raise UserError(f"backbone 'frozen' does not do token classification yet: its feature cache holds one pooled vector per "
-                        f"text, and the task needs a {context.head!r} head (one output per token). Use a fine-tuned backbone "
-                        "such as backbone.name=tiny or minilm.")
+    head_kind = getattr(context, "head", "sequence")
+    if head_kind not in HEADS:
+        raise UserError(f"backbone 'frozen' builds the heads {', '.join(HEADS)}; the task asked for {head_kind!r}.")
     root = store_dir("features")  # never inside the shared data
     try:  # through the run's registry, so the encoder may come from --plugins-dir; a random `tiny` draws from the run's seed
         model, tokenizer = context.load_backbone(options.encoder)
     except UserError as exc:
         raise UserError(f"backbone.encoder={options.encoder!r}: {exc}") from None
-    store = FeatureStore(model.base_model, options.pooling, options.encoder, root)
+    # a token task: a feature per position (backbone.pooling does not apply), the head on each
+    store = FeatureStore(model.base_model, options.pooling, options.encoder, root, per_token=head_kind == "token")
     head = FrozenEncoderClassifier(store, context.num_labels)  # from the torch seed the loop set: same seed, same head
     weakref.finalize(head, store.flush)  # the last features, when the run's model goes away or the process exits
     return head, tokenizer
@@ -224,6 +270,6 @@ def frozen(options: FrozenOptions, context):
 
 @hookimpl
 def testbed_backbones():
-    return [Backbone(name="frozen", summary="a classifier head on cached outputs of a frozen encoder (backbone.encoder); "
-                     "give it a head-sized train.lr, about 1e-3",
+    return [Backbone(name="frozen", summary="a classifier head on cached outputs of a frozen encoder (backbone.encoder; per token "
+                     "for token tasks); give it a head-sized train.lr, about 1e-3",
                      factory=frozen, options=FrozenOptions)]

@@ -6,6 +6,10 @@ records built from the runs table and the ReportContext (every run's metrics and
 already read; groups, cells best first, baseline cells, colors, the paired comparisons), with the
 statistics and plot helpers that ``testbed`` exports. The ``order`` of each section places it;
 a plugin's own section with order 15 lands between the leaderboard and the comparisons.
+
+Token-task groups (NER: ``context.primary_metric(group) == "entity_f1"``) are shown, compared and
+ranked on entity F1 where sentence groups use accuracy, with a per-type table in the leaderboard and
+pseudo-labels per tag; a report without them renders as it did before token tasks existed.
 """
 
 from __future__ import annotations
@@ -47,6 +51,26 @@ from testbed import (
 
 CHECKPOINTS = {"last": ("test_accuracy", "test_macro_f1"), "best on validation": ("test_accuracy_best_val", "test_macro_f1_best_val")}
 MAX_FIGURE_CELLS = 10  # lines per plot; more cells are plotted as the best ones on the leaderboard
+ENTITY_F1 = "entity_f1"  # the primary metric of token-task groups (NER): ReportContext.primary_metric
+METRIC_NAMES = {"accuracy": "accuracy", ENTITY_F1: "entity F1"}
+
+
+def _token_groups(context) -> list[str]:
+    """The groups ranked on entity F1 (token tasks, NER); the others on accuracy."""
+    return [g for g in context.groups if context.primary_metric(g) == ENTITY_F1]
+
+
+def _metric_name(context, group: str) -> str:
+    return METRIC_NAMES.get(context.primary_metric(group), context.primary_metric(group))
+
+
+def _with_primary(results, context):
+    """``results`` with ``_primary``: each run's test value of its group's metric (last checkpoint)."""
+    values = results["test_accuracy"].copy()
+    for group in _token_groups(context):
+        inside = results["group"] == group
+        values[inside] = results.loc[inside, context.primary_columns(group)[0]]
+    return results.assign(_primary=values)
 
 
 def _hashable(value) -> str:
@@ -113,8 +137,19 @@ def leaderboard_section(results, context) -> ReportSection:
                     "(Mean Teacher's EMA weights; `train.evaluate`): there *student accuracy* gives the student's own, last. "
                     "*Teacher accuracy*, for cells whose teacher is a separate, fixed model: the teacher's own predictions on the "
                     "same test set."]
+    tokens = _token_groups(context)
+    if tokens:
+        blocks.append(f"Token-classification groups ({'; '.join(tokens)}: NER) are ranked on **entity F1** instead: entity-level "
+                      "micro F1 in the strict IOB2 sense (seqeval; an entity counts when its type and both boundaries match), mean "
+                      "± standard deviation and the 95% confidence interval over seeds; *best on validation* there is the "
+                      "evaluation with the highest *validation entity F1*; token accuracy (per word) beside it. Their paired "
+                      "comparisons, ranks, ablation means and cost use entity F1 too. Below each, precision, recall and F1 per "
+                      "entity type (last checkpoint, mean over seeds).")
     for group in context.groups:
         runs = _runs(results, group)
+        if group in tokens:
+            blocks += [f"**{group}**", *_token_leaderboard(runs, context, group)]
+            continue
         rows = []
         for cell in context.cells[group]:
             sub = runs[runs.cell == cell]
@@ -135,13 +170,49 @@ def leaderboard_section(results, context) -> ReportSection:
     return ReportSection(name="leaderboard", title="Leaderboard", blocks=tuple(blocks), order=10)
 
 
+def _token_leaderboard(runs, context, group: str) -> list:
+    """A token-task group's leaderboard (entity F1, last and best on validation, token accuracy beside
+    it) and its per-type table (from result.json's ``test_entity_per_type``)."""
+    import pandas as pd
+
+    values = lambda sub, key: sub[key].dropna().tolist() if key in sub else []  # noqa: E731
+    rows, types = [], []
+    for cell in context.cells[group]:
+        sub = runs[runs.cell == cell]
+        last, best = summarize(sub.test_entity_f1.tolist()), summarize(sub.test_entity_f1_best_val.tolist())
+        rows.append({"cell": cell, "seeds": last.n, "entity F1, last": format_mean_std(last), "95% CI, last": format_ci(last),
+                     "token accuracy, last": format_mean_std(summarize(sub.test_accuracy.tolist())),
+                     "entity F1, best on val": format_mean_std(best), "95% CI, best on val": format_ci(best),
+                     "token accuracy, best on val": format_mean_std(summarize(sub.test_accuracy_best_val.tolist()))})
+        reported = sub["evaluated_model"].tolist() if "evaluated_model" in sub else []
+        student, teacher = values(sub, "student_test_entity_f1"), values(sub, "teacher_test_entity_f1")
+        if student and "teacher" in reported:  # the teacher's model is reported (Mean Teacher): the student beside it
+            rows[-1]["student entity F1"] = format_mean_std(summarize(student))
+        if teacher and "teacher" not in reported:  # a fixed teacher (distillation): its own predictions
+            rows[-1]["teacher entity F1"] = format_mean_std(summarize(teacher))
+        tables = [t for t in sub["test_entity_per_type"] if isinstance(t, dict)] if "test_entity_per_type" in sub else []
+        for kind in sorted({k for table in tables for k in table}):
+            scores = [table[kind] for table in tables if isinstance(table.get(kind), dict)]
+            precision, recall, f1 = (summarize([score[key] for score in scores]) for key in ("precision", "recall", "f1"))
+            types.append({"cell": cell, "type": kind, "seeds": f1.n, "precision": format_number(precision.mean),
+                          "recall": format_number(recall.mean), "F1": format_mean_std(f1),
+                          "support": format_value(scores[0].get("support")) if scores else "–"})
+    blocks = [pd.DataFrame(rows).fillna("")]
+    if types:
+        blocks += ["Per entity type (test, last checkpoint): precision, recall and F1 (mean ± std) over seeds; support = "
+                   "gold entities of the type in the test set.", pd.DataFrame(types)]
+    return blocks
+
+
 # --------------------------------------------------------------------------- paired comparisons
 
 
 def comparisons_section(results, context) -> ReportSection:
     import pandas as pd
 
-    blocks: list = [f"Each cell against the baseline **{context.baseline}**, on test accuracy. {PAIRED_RULE}"]
+    tokens = _token_groups(context)
+    metric = "test accuracy" if not tokens else f"test accuracy (entity F1 in the token-classification groups: {'; '.join(tokens)})"
+    blocks: list = [f"Each cell against the baseline **{context.baseline}**, on {metric}. {PAIRED_RULE}"]
     missing = [g for g in context.groups if g not in context.baseline_cells]
     if missing:
         blocks.append(f"No baseline runs (`method = {context.baseline}`, or a cell of that name) in: {'; '.join(missing)}. "
@@ -157,7 +228,8 @@ def comparisons_section(results, context) -> ReportSection:
                 f"[{100 * r['ci95_low']:+.2f}, {100 * r['ci95_high']:+.2f}]",
                 "test": r["test"], "p": format_p(r["p"]), "p (Holm)": format_p(r["p_holm"]),
                 "effect d_z": format_effect(r["effect_dz"]), "verdict": r["verdict"]} for r in family])
-            blocks += [f"**{group}**, {checkpoint} checkpoint, vs {family[0]['baseline']}", table]
+            on = ", on entity F1" if group in tokens else ""
+            blocks += [f"**{group}**, {checkpoint} checkpoint, vs {family[0]['baseline']}{on}", table]
     return ReportSection(name="comparisons", title="Paired comparisons", blocks=tuple(blocks), order=20)
 
 
@@ -167,14 +239,14 @@ def comparisons_section(results, context) -> ReportSection:
 def across_section(results, context) -> ReportSection:
     import pandas as pd
 
-    done = results[results.status == "done"]
+    done = _with_primary(results[results.status == "done"], context)  # a token group's cells ranked on entity F1
     section = lambda *blocks: ReportSection(name="across", title="Across datasets", blocks=blocks, order=30)  # noqa: E731
     if len(context.groups) >= 2:
         kind = "datasets and label budgets"
-        table = done.groupby(["group", "cell"])["test_accuracy"].mean().unstack("cell")
+        table = done.groupby(["group", "cell"])["_primary"].mean().unstack("cell")
     elif context.groups:
         kind = "seeds (one dataset and budget here: this ranks the cells within it, not across datasets)"
-        table = _runs(results, context.groups[0]).pivot_table(index="seed", columns="cell", values="test_accuracy", aggfunc="mean")
+        table = done[done.group == context.groups[0]].pivot_table(index="seed", columns="cell", values="_primary", aggfunc="mean")
     else:
         return section("No finished runs.")
     complete = table.dropna(axis=1, how="any")
@@ -183,7 +255,9 @@ def across_section(results, context) -> ReportSection:
         return section("Ranking needs at least 2 cells with results in every block.")
     ranking = friedman(complete[sorted(complete.columns)])
     order = np.argsort(ranking.average_ranks, kind="stable")
-    blocks: list = [f"Blocks: {ranking.blocks} {kind}; in each block the cells are ranked by mean test accuracy (last "
+    tokens = _token_groups(context)
+    metric = "test accuracy (" if not tokens else f"test accuracy (entity F1 in the token-classification groups: {'; '.join(tokens)}; "
+    blocks: list = [f"Blocks: {ranking.blocks} {kind}; in each block the cells are ranked by mean {metric}last "
                     "checkpoint; 1 = best, ties share the average rank)."]
     if dropped:
         blocks.append(f"Left out (no result in every block): {'; '.join(dropped)}.")
@@ -208,8 +282,13 @@ def ablation_section(results, context) -> ReportSection:
 
     blocks: list = ["Marginal mean test accuracy (last checkpoint) of each value of each varied axis, pooled over the "
                     "other axes and the seeds; the CI is the t-interval over those runs."]
+    tokens = _token_groups(context)
+    if tokens:
+        blocks.append(f"In the token-classification groups ({'; '.join(tokens)}) the means, the analysis and the heatmaps are of "
+                      "entity F1 instead.")
     any_axis = False
     for gi, group in enumerate(context.groups):
+        column, name = context.primary_columns(group)[0], _metric_name(context, group)
         runs, note = _without_outside_baseline(_runs(results, group), context.baseline_cells.get(group), context.cell_keys)
         axes = [k for k in context.cell_keys if k in runs and len({_hashable(v) for v in runs[k]}) > 1]
         if not axes:
@@ -219,17 +298,17 @@ def ablation_section(results, context) -> ReportSection:
         for axis in axes:
             rows = []
             for _, sub in sorted(runs.groupby(runs[axis].map(_hashable)), key=lambda kv: kv[0]):
-                s = summarize(sub.test_accuracy.tolist())
-                rows.append({_short(axis): format_value(sub[axis].iloc[0]), "runs": s.n, "mean accuracy": format_number(s.mean),
+                s = summarize(sub[column].tolist())
+                rows.append({_short(axis): format_value(sub[axis].iloc[0]), "runs": s.n, f"mean {name}": format_number(s.mean),
                              "95% CI": format_ci(s)})
             blocks.append(pd.DataFrame(rows))
         if len(axes) >= 2:
-            blocks += _factor_table(runs, axes)
+            blocks += _factor_table(runs, axes, column, "test accuracy" if name == "accuracy" else name)
         for ai, (a, b) in enumerate([(a, b) for i, a in enumerate(axes) for b in axes[i + 1:]][:6]):
             pivot = runs.assign(_a=runs[a].map(format_value), _b=runs[b].map(format_value)).pivot_table(
-                index="_a", columns="_b", values="test_accuracy", aggfunc="mean")
+                index="_a", columns="_b", values=column, aggfunc="mean")
             blocks.append(ReportFigure(name=f"interaction-{gi}-{ai}", figure=heatmap(pivot, _short(a), _short(b)),
-                                       caption=f"{group}: mean test accuracy by {_short(a)} × {_short(b)} (blank: no runs)"))
+                                       caption=f"{group}: mean test {name} by {_short(a)} × {_short(b)} (blank: no runs)"))
     if not any_axis:
         blocks.append("No axis varies within a dataset and budget.")
     return ReportSection(name="ablation", title="Ablation effects", blocks=tuple(blocks), order=40)
@@ -248,12 +327,13 @@ def _without_outside_baseline(runs, baseline: str | None, keys) -> tuple:
     return inside, f"The baseline cell ({baseline}) lies outside the grid's axes and is left out of this section."
 
 
-def _factor_table(runs, axes: list[str]) -> list:
-    """Which axes matter: the factorial ANOVA of test accuracy (main effects, two-way interactions,
-    the seed as a block), Holm-corrected over the terms; a sentence naming the largest real effect."""
+def _factor_table(runs, axes: list[str], column: str = "test_accuracy", name: str = "test accuracy") -> list:
+    """Which axes matter: the factorial ANOVA of test accuracy (``column``, called ``name``: a token
+    task's entity F1; main effects, two-way interactions, the seed as a block), Holm-corrected over
+    the terms; a sentence naming the largest real effect."""
     import pandas as pd
 
-    analysis = factorial_anova(runs.assign(seed=runs["seed"].map(str)), axes, "test_accuracy", block="seed")
+    analysis = factorial_anova(runs.assign(seed=runs["seed"].map(str)), axes, column, block="seed")
     if isinstance(analysis, str):
         return [f"Which factors matter: not computed, {analysis}."]
     effects, residual_df = analysis
@@ -269,7 +349,7 @@ def _factor_table(runs, axes: list[str]) -> list:
         headline = f"Terms with a real effect, largest first: {names}."
     else:
         headline = "No axis or pair of axes has a detectable effect at α = 0.05 (Holm)."
-    intro = ("Which factors matter: a fixed-effects ANOVA of test accuracy (last) on each axis and each pair of axes, the "
+    intro = (f"Which factors matter: a fixed-effects ANOVA of {name} (last) on each axis and each pair of axes, the "
              f"seed as a block, {residual_df} residual degrees of freedom (the higher interactions and the noise); η² is the "
              "share of the runs' variance a term explains; p-values Holm-corrected over the terms. " + headline)
     return [intro, pd.DataFrame(rows)]
@@ -303,11 +383,12 @@ def dynamics_section(results, context) -> ReportSection:
                     "best first)."]
     for gi, group in enumerate(context.groups):
         blocks.append(f"**{group}**")
-        test, val = _curves(results, context, group, "test_accuracy"), _curves(results, context, group, "val_accuracy")
+        metric, name = context.primary_metric(group), _metric_name(context, group)  # a token group: entity F1
+        test, val = _curves(results, context, group, f"test_{metric}"), _curves(results, context, group, f"val_{metric}")
         if test:
             blocks.append(ReportFigure(name=f"learning-curves-{gi}", figure=line_plot(
-                [("test accuracy", test), ("validation accuracy", val)], "step", "accuracy", dict(context.colors)),
-                caption=f"{group}: test and validation accuracy vs step"))
+                [(f"test {name}", test), (f"validation {name}", val)], "step", name, dict(context.colors)),
+                caption=f"{group}: test and validation {name} vs step"))
         mask = _curves(results, context, group, "mask_rate")
         if mask:
             quality = _curves(results, context, group, "pseudo_label_accuracy")
@@ -322,7 +403,7 @@ def dynamics_section(results, context) -> ReportSection:
                 blocks.append("Selected under 1% of pseudo-labels at every evaluation (the unlabeled loss hardly "
                               f"acted; close to supervised training): {'; '.join(idle)}.")
         blocks += _thresholds(results, context, group, gi)
-        blocks += _pseudo_label_classes(results, context, group)
+        blocks += _pseudo_label_classes(results, context, group, token=group in _token_groups(context))
     return ReportSection(name="dynamics", title="Training dynamics", blocks=tuple(blocks), order=50)
 
 
@@ -344,7 +425,9 @@ def _thresholds(results, context, group: str, gi: int) -> list:
     return blocks
 
 
-def _pseudo_label_classes(results, context, group: str) -> list:
+def _pseudo_label_classes(results, context, group: str, token: bool = False) -> list:
+    """Per class (per tag, ``token``: a token task's pseudo-labels are words) precision / recall of the
+    selected pseudo-labels, from result.json's ``pseudo_label_per_class``; columns named by the classes."""
     import pandas as pd
 
     rows = []
@@ -364,6 +447,10 @@ def _pseudo_label_classes(results, context, group: str) -> list:
         rows.append(row)
     if not rows:
         return []
+    if token:
+        return ["Pseudo-labels per tag over the whole run (a pseudo-label is a word's tag), precision / recall against the "
+                "hidden gold tags (selected words tagged t that are right / unlabeled words of tag t that were selected as t), "
+                "counts summed over seeds:", pd.DataFrame(rows).fillna("–")]
     return ["Pseudo-labels per class over the whole run, precision / recall against the hidden gold labels "
             "(selected pseudo-labels of class c that are right / unlabeled examples of class c that were selected "
             "as c), counts summed over seeds:", pd.DataFrame(rows).fillna("–")]
@@ -377,6 +464,10 @@ def calibration_section(results, context) -> ReportSection:
 
     blocks: list = ["Expected calibration error (15 equal-width confidence bins) of the test-set probabilities saved "
                     "in predictions.npz, mean over seeds; the reliability diagram pools the seeds (last checkpoint)."]
+    tokens = _token_groups(context)
+    if tokens:
+        blocks.append(f"In the token-classification groups ({'; '.join(tokens)}) a prediction is a word's tag: calibration and "
+                      "the per-class F1 (per tag) are per word; entity-level scores are in the leaderboard.")
     for gi, group in enumerate(context.groups):
         runs = _runs(results, group)
         rows, curves, f1_rows = [], {}, []
@@ -424,10 +515,15 @@ def cost_section(results, context) -> ReportSection:
                     f"(1 + unlabeled ratio) / train seconds; labeled only for runs without an unlabeled batch). Gain per "
                     f"CPU-hour: accuracy points over **{context.baseline}** divided by the run's CPU-hours (wall time × torch "
                     "threads)."]
+    tokens = _token_groups(context)
+    if tokens:
+        blocks.append(f"In the token-classification groups ({'; '.join(tokens)}) an example is a sentence and the gain is in "
+                      "entity F1 points.")
     for group in context.groups:
         runs = _runs(results, group)
+        column = context.primary_columns(group)[0]
         base = context.baseline_cells.get(group)
-        base_acc = runs[runs.cell == base].test_accuracy.mean() if base else math.nan
+        base_acc = runs[runs.cell == base][column].mean() if base else math.nan
         rows = []
         for cell in context.cells[group]:
             sub = runs[runs.cell == cell]
@@ -439,7 +535,7 @@ def cost_section(results, context) -> ReportSection:
                 examples.append(r.steps * per_step / r.train_seconds if r.train_seconds else math.nan)
             threads = [(m.get("torch_threads") if isinstance(m, dict) else None) or 1 for m in sub.machine]
             cpu_hours = float(np.mean([w * t / 3600 for w, t in zip(sub.wall_seconds, threads)]))
-            gain = 100 * (sub.test_accuracy.mean() - base_acc)
+            gain = 100 * (sub[column].mean() - base_acc)
             augment = [a for a in sub.augment_seconds if a is not None and not math.isnan(a)]
             rows.append({"cell": cell, "device": _distinct(sub.device, "cpu"), "precision": _distinct(sub.precision, "fp32"),
                          "wall s": format_number(sub.wall_seconds.mean(), ".1f"),

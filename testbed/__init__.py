@@ -7,6 +7,7 @@ The hooks are listed in ``testbed.hookspecs``.
 
 from testbed.data import (
     DATA_DIR_ENV,
+    SUFFIXES,
     data_dir,
     infer_label_names,
     load_dataset_dir,
@@ -96,7 +97,7 @@ __all__ = [
     # model helpers for tasks and backbones: the run's autocast, inputs on a device, accuracy and macro-F1 of rows
     "accuracy_and_macro_f1", "autocast", "to_device",
     # datasets and local data
-    "DATA_DIR_ENV", "data_dir", "infer_label_names", "load_dataset_dir", "load_dataset_files", "read_rows", "rows_to_texts",
+    "DATA_DIR_ENV", "SUFFIXES", "data_dir", "infer_label_names", "load_dataset_dir", "load_dataset_files", "read_rows", "rows_to_texts",
     # caches (one content-addressed store) and outputs
     "CacheEntry", "cache_dir", "flatten", "git_commit", "refuse_shared_data", "store_dir", "text_digests",
     "weights_fingerprint",

@@ -1,4 +1,5 @@
-"""The command line: ``testbed run | grid | results | report | plugins | presets | datasets | cache | new-plugin``."""
+"""The command line: ``testbed run | grid | results | unfinished | report | plugins | presets | datasets | cache |
+new-plugin``."""
 
 from __future__ import annotations
 
@@ -14,13 +15,22 @@ from testbed.scaffold import KINDS as SCAFFOLD_KINDS
 
 
 class Group(click.Group):
-    """Prints UserError as one ``Error: ...`` line (exit 1); real bugs keep their traceback."""
+    """Prints UserError as one ``Error: ...`` line (exit 1), and so a write the disk or the directory
+    refused (full, a file-size limit, read-only); real bugs keep their traceback."""
 
     def invoke(self, ctx):
+        from testbed.errors import StorageError, is_storage_error
+
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():  # a warning is one line too: "Warning: ..." (a damaged cache shard, ...)
+                warnings.showwarning = lambda message, *args, **kwargs: click.echo(f"Warning: {message}", err=True)
+                return super().invoke(ctx)
         except UserError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(" ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from None
+        except OSError as exc:
+            if not is_storage_error(exc):
+                raise
+            raise click.ClickException(str(StorageError(exc.filename or "a file", exc, "access"))) from None
 
 
 def registry(ctx: click.Context):
@@ -172,7 +182,11 @@ def datasets(ctx, as_json):
                        f"{r['unlabeled']:>9}  {', '.join(r['labels'])}")
     click.echo("task: sentence = sentence classification (a label per text); token = token classification, e.g. NER (a tag per "
                "word; sizes are sentences, the label budget is dataset.labeled_size).")
-    click.echo("Also: dataset.name=files dataset.path=DIR_OR_FILE (local files); dataset.name=hub dataset.hub_id=ID (online).")
+    from testbed.data import SUFFIXES
+
+    click.echo(f"Also: dataset.name=PATH, a directory or a file ({', '.join(SUFFIXES)}; with dataset.test=FILE, or "
+               "dataset.test_fraction=0.2 to split a stratified test set off one labelled file); dataset.name=hub "
+               "dataset.hub_id=ID (online).")
 
 
 @main.command()
@@ -255,6 +269,53 @@ def results(out_dir, fmt, output, all_columns):
         click.echo(text)
     elif output:
         click.echo(f"{len(frame)} runs written to {output}", err=True)
+    if fmt == "table":
+        from testbed.runs import unfinished_runs
+        from testbed.store import _human
+
+        held = [r for r in unfinished_runs(out_dir) if r["status"] != "running"]
+        if held:
+            click.echo(f"{len(held)} run(s) without a result hold {_human(sum(r['bytes'] for r in held))} "
+                       f"({_human(sum(r['checkpoint_bytes'] for r in held))} in checkpoints): `testbed unfinished {out_dir}`.",
+                       err=True)
+
+
+@main.command()
+@click.argument("out_dir", default="runs", type=click.Path(file_okay=False))
+@click.option("--remove", is_flag=True, help="Delete the unfinished runs (never one a live process is running).")
+@click.option("--failed", "with_failed", is_flag=True, help="With --remove: the failed runs (error.json) too.")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+def unfinished(out_dir, remove, with_failed, as_json):
+    """The runs in OUT_DIR without a result: interrupted (unfinished, resumable from their checkpoint),
+    failed (error.json) or running now, with the last step each evaluated and the space its checkpoint
+    and files hold. A run rerun (`testbed run`, `testbed grid`) goes on from its checkpoint; --remove
+    deletes the unfinished ones instead."""
+    from pathlib import Path
+
+    from testbed.runs import remove_unfinished, unfinished_runs
+    from testbed.store import _human
+
+    if not Path(out_dir).is_dir():
+        raise UserError(f"Runs directory {out_dir!r} not found. Pass the --out of your runs, e.g. `testbed unfinished runs`.")
+    if remove:
+        removed = remove_unfinished(out_dir, failed=with_failed)
+        click.echo(f"Removed {len(removed)} run(s), {_human(sum(r['bytes'] for r in removed))}, from {out_dir}.")
+        return
+    rows = unfinished_runs(out_dir)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"No unfinished runs in {out_dir}.")
+        return
+    click.echo(f"{'run_id':<12}  {'status':<10}  {'last step':>9}  {'checkpoint':>10}  {'size':>9}")
+    for r in rows:
+        step = "-" if r["last_evaluated_step"] is None else str(r["last_evaluated_step"])
+        checkpoint = _human(r["checkpoint_bytes"]) if r["checkpoint_bytes"] else "-"
+        click.echo(f"{r['run_id']:<12}  {r['status']:<10}  {step:>9}  {checkpoint:>10}  {_human(r['bytes']):>9}")
+    held = sum(r["bytes"] for r in rows)
+    click.echo(f"{len(rows)} run(s) without a result hold {_human(held)}. Rerun them to resume from their checkpoints, or "
+               f"`testbed unfinished {out_dir} --remove` (--failed: the failed ones too).")
 
 
 @main.command()

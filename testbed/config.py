@@ -142,7 +142,8 @@ IN_RUN_ID_UNLESS = {("train", "device"): "auto", ("train", "precision"): "fp32",
                     ("regulariser", "name"): "none",  # a section the drop empties goes too
                     ("selector", "per_class"): "count",  # topk's rule before CBST's "proportion" was added
                     ("dataset", "labeled_size"): 0, ("dataset", "validation_size"): VALIDATION_SIZE, ("dataset", "task"): "",
-                    ("train", "selection"): "row"}  # added with token tasks
+                    ("train", "selection"): "row",  # added with token tasks
+                    ("dataset", "test_fraction"): 0.0}  # the files dataset's split of one labelled file
 
 
 @dataclass(frozen=True)
@@ -189,14 +190,16 @@ def run_id(resolved: dict) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def load_toml(path: str | Path) -> dict:
+def load_toml(path: str | Path, what: str = "Config file") -> dict:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"Config file {str(path)!r} not found. Pass an existing .toml file or only key=value overrides.")
+        raise UserError(f"{what} {str(path)!r} not found. Pass an existing .toml file or only key=value overrides.")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {str(path)!r} is not UTF-8 (byte at position {exc.start}). Save it as UTF-8.") from None
     except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"Config file {str(path)!r} is not valid TOML: {exc}. Fix the line it names.") from None
+        raise UserError(f"{what} {str(path)!r} is not valid TOML: {exc}. Fix the line it names.") from None
 
 
 def parse_value(text: str, key: str = "") -> Any:

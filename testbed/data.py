@@ -1,9 +1,16 @@
 """Reading datasets and the seeded, stratified labeled / validation / unlabeled split.
 
 A dataset directory holds ``train`` and ``test`` (and optionally ``dev`` and ``unlabeled``)
-as .jsonl, .jsonl.gz, .csv or .parquet, plus an optional ``labels.json`` with the class
-names (index = integer label). The gold labels of the unlabeled pool are kept apart in
-``Split.pool_gold``: the training step only ever sees pool texts and positions.
+as .jsonl, .jsonl.gz, .csv, .tsv or .parquet, plus an optional ``labels.json`` with the class
+names (index = integer label); with ``test_fraction`` a single labelled file (or a directory
+without ``test``) is split into train and test, stratified and seeded by the run's seed. The gold
+labels of the unlabeled pool are kept apart in ``Split.pool_gold``: the training step only ever
+sees pool texts and positions.
+
+Files are UTF-8 (a byte-order mark and CRLF line ends are fine); what cannot be right is refused
+with the file, the row and the fix: bytes that are not UTF-8, a missing column, a label that is not
+a class, an empty text, a text over ``MAX_TEXT_CHARS`` (in a CSV, an unbalanced quote swallows the
+lines after it into one field), two rows with the same ``id``, a single class.
 
 The rows choose the task: ``text`` and ``label`` columns are sentence classification; ``tokens``
 (a list of words) and ``tags`` (one label per word, integers or names) are token classification
@@ -14,9 +21,12 @@ a seeded sample of train, validation a seeded sample of ``validation_size`` dev 
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +36,11 @@ from testbed.errors import UserError
 from testbed.types import DatasetSplits, Texts
 
 DATA_DIR_ENV = "TESTBED_DATA"
-SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".parquet")
+SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".tsv", ".parquet")
 TEST_SAMPLE_SEED = 0  # the test subsample is the same for every run seed, so runs pair up
+# a longer text is a broken file, not an example: a CSV field opened by an unbalanced quote runs on to the next quote
+MAX_TEXT_CHARS = 1_000_000
+ID_COLUMN = "id"  # rows that have it must not repeat it within a file (a file concatenated twice, a bad join)
 
 
 def data_dir() -> Path | None:
@@ -38,33 +51,80 @@ def data_dir() -> Path | None:
     return beside_checkout if beside_checkout.is_dir() else None
 
 
+def one_line(text: str) -> str:
+    """A library's message on one line (an error is one line in the CLI)."""
+    return " ".join(str(text).split())
+
+
+def _decode(raw: bytes, path: Path, first_line: int = 1) -> str:
+    """UTF-8 text (a leading byte-order mark dropped); bytes that are not UTF-8 are a UserError naming
+    the line and the byte, and how to convert the file."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = first_line + raw.count(b"\n", 0, exc.start)
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UserError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {column}). Save the file as UTF-8, "
+                        f"e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed_{path.name}` for Latin-1 text.") from None
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as handle:
+                return handle.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UserError(f"Could not read {str(path)!r}: {one_line(exc).rstrip('.') or type(exc).__name__}. "
+                        + ("Check that it is a complete gzip file (`gzip -t`)." if path.name.endswith(".gz") else
+                           "Check that the file is readable.")) from None
+
+
 def read_rows(path: Path) -> list[dict]:
-    """Rows of a .jsonl / .jsonl.gz / .csv / .parquet file as dicts."""
+    """Rows of a .jsonl / .jsonl.gz / .csv / .tsv / .parquet file as dicts. Text files are UTF-8, with or
+    without a byte-order mark, LF or CRLF line ends; a .tsv has a header and tab-separated fields without
+    quoting (as GLUE's), a .csv quotes as usual."""
     name = path.name
     if not path.is_file():
         raise UserError(f"Data file {str(path)!r} not found.")
     if name.endswith((".jsonl", ".jsonl.gz")):
-        opener = gzip.open if name.endswith(".gz") else open
         rows = []
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        row = exc
-                    if not isinstance(row, dict):
-                        reason = row.msg if isinstance(row, json.JSONDecodeError) else f"got {type(row).__name__}"
-                        raise UserError(f"{path}:{number}: not a JSON object ({reason}). Each line must be one JSON object.")
-                    rows.append(row)
+        for number, raw in enumerate(_read_bytes(path).split(b"\n"), 1):
+            line = _decode(raw, path, number)
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    row = exc
+                if not isinstance(row, dict):
+                    reason = row.msg if isinstance(row, json.JSONDecodeError) else f"got {type(row).__name__}"
+                    raise UserError(f"{path}:{number}: not a JSON object ({reason}). Each line must be one JSON object.")
+                rows.append(row)
         return rows
-    if name.endswith((".csv", ".parquet")):
+    if name.endswith((".csv", ".tsv")):
+        import pandas as pd
+
+        text = _decode(_read_bytes(path), path)
+        if not text.strip():
+            raise UserError(f"{path} is empty: it needs a header line naming its columns (e.g. text,label) and rows.")
+        tsv = name.endswith(".tsv")
+        try:
+            frame = pd.read_csv(io.StringIO(text), keep_default_na=False, **(
+                {"sep": "\t", "quoting": csv.QUOTE_NONE} if tsv else {}))
+        except Exception as exc:
+            raise UserError(f"Could not read {str(path)!r}: {type(exc).__name__}: {one_line(exc).rstrip('.')}. "
+                            + ("Each line needs as many tab-separated fields as the header (no tab inside a text)."
+                               if tsv else "Check the quoting: a field holding a comma or a quote must be quoted, "
+                                           "and a quote inside it doubled.")) from None
+        return frame.to_dict("records")
+    if name.endswith(".parquet"):
         import pandas as pd
 
         try:
-            frame = pd.read_csv(path, keep_default_na=False) if name.endswith(".csv") else pd.read_parquet(path)
+            frame = pd.read_parquet(path)
         except Exception as exc:
-            raise UserError(f"Could not read {str(path)!r}: {type(exc).__name__}: {exc}. Check that it is a valid, non-empty file.") from None
+            raise UserError(f"Could not read {str(path)!r}: {type(exc).__name__}: {one_line(exc).rstrip('.')}. Check that it is a "
+                            "valid, non-empty parquet file.") from None
         return frame.to_dict("records")
     raise UserError(f"Data file {str(path)!r} has an unsupported format; use one of {', '.join(SUFFIXES)}.")
 
@@ -76,12 +136,14 @@ def find_file(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def rows_to_texts(rows: list[dict], label_names: list, where: str, text_column: str = "text", label_column: str = "label") -> Texts:
-    """Check and convert rows; labels are ints in range(len(label_names)) or class names."""
+def rows_to_texts(rows: list[dict], label_names: list, where: str, text_column: str = "text", label_column: str = "label",
+                  *, allow_empty: bool = False) -> Texts:
+    """Check and convert rows; labels are ints in range(len(label_names)) or class names. An empty text
+    is refused (``allow_empty``: kept as ""), and so is one longer than ``MAX_TEXT_CHARS``."""
     if not rows:
         raise UserError(f"{where} is empty: a dataset split needs at least one row.")
     index = {name: i for i, name in enumerate(label_names)}
-    texts, labels = [], []
+    texts, labels, empty = [], [], []
     for number, row in enumerate(rows, 1):
         if text_column not in row or label_column not in row:
             raise UserError(f"{where}, row {number}: needs columns {text_column!r} and {label_column!r}, has {sorted(row)}. "
@@ -96,8 +158,41 @@ def rows_to_texts(rows: list[dict], label_names: list, where: str, text_column: 
                             f"(integers 0..{len(label_names) - 1} or names {label_names[:6]}{'...' if len(label_names) > 6 else ''}). "
                             "Fix the row or the dataset's labels.json.")
         text = row[text_column]
-        texts.append("" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text))
+        text = "" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text)
+        check_length(text, where, number)
+        if not text.strip():
+            empty.append(number)
+        texts.append(text)
+    if empty and not allow_empty:
+        raise UserError(f"{where}: {len(empty)} row(s) with an empty text (row{'s' if len(empty) > 1 else ''} "
+                        f"{', '.join(map(str, empty[:5]))}{', ...' if len(empty) > 5 else ''}): there is nothing to classify. "
+                        "Remove those rows or fill in their text.")
     return Texts(texts=texts, labels=np.asarray(labels, dtype=np.int64))
+
+
+def check_length(text: str, where: str, number: int) -> None:
+    if len(text) > MAX_TEXT_CHARS:
+        raise UserError(f"{where}, row {number}: a text of {len(text):,} characters, over the limit of {MAX_TEXT_CHARS:,}: "
+                        "in a CSV an unbalanced quote makes one field swallow the lines after it. Fix the quoting, or "
+                        "split the text into examples.")
+
+
+def check_unique_ids(rows: list[dict], where: str) -> None:
+    """Rows with an ``id`` column must not repeat an id within a file."""
+    if not rows or ID_COLUMN not in rows[0]:
+        return
+    seen: dict = {}
+    for number, row in enumerate(rows, 1):
+        key = row.get(ID_COLUMN)
+        if key is None:  # a row without an id
+            continue
+        try:
+            first = seen.setdefault(key, number)
+        except TypeError:  # an unhashable id (a list): not an id this check can compare
+            return
+        if first != number:
+            raise UserError(f"{where}: rows {first} and {number} have the same {ID_COLUMN} {key!r}; ids must be unique within "
+                            "a file (was it concatenated twice?). Remove the duplicate rows, or rename the id column.")
 
 
 TOKENS, TAGS = "tokens", "tags"  # the columns of token-classification rows
@@ -126,6 +221,7 @@ def rows_to_tokens(rows: list[dict], label_names: list, where: str) -> Texts:
             raise UserError(f"{where}, row {number}: {len(words)} tokens and {len(labels)} tags; each word needs one tag "
                             "(and a row at least one word).")
         text = " ".join(word if isinstance(word, str) else "" for word in words)
+        check_length(text, where, number)
         if text.split() != words:  # a word that is not a string, empty, or holds whitespace would not come back from split()
             word = next(w for w in words if not isinstance(w, str) or w.split() != [w])
             raise UserError(f"{where}, row {number}: token {word!r} is empty or holds whitespace; the words of a "
@@ -148,60 +244,140 @@ def rows_to_tokens(rows: list[dict], label_names: list, where: str) -> Texts:
     return Texts(texts=texts, labels=np.full(len(texts), -1, dtype=np.int64), tags=tags)
 
 
-def infer_label_names(rows: list[dict], label_column: str) -> list:
+def infer_label_names(rows: list[dict], label_column: str, where: str = "") -> list:
     """Class names when no labels.json exists: 0..max for integer labels, sorted names for strings
     (token rows: of every tag)."""
     if is_token_rows(rows):
         values = {tag for row in rows for tag in row.get(TAGS) or ()}
         label_column = TAGS
     else:
+        if label_column not in rows[0]:
+            raise UserError(f"{where or 'The data'}, row 1: no label column {label_column!r}, has {sorted(rows[0])}. "
+                            "Set dataset.label_column if yours is named differently.")
         values = {row.get(label_column) for row in rows}
     if values and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in values):
         return [str(i) for i in range(int(max(values)) + 1)]
     if values and all(isinstance(v, str) for v in values):
         return sorted(values)
-    raise UserError(f"Cannot infer the classes from label column {label_column!r}: values {sorted(map(repr, values))[:5]}. "
-                    "Use non-negative integers or class-name strings, or add a labels.json.")
+    raise UserError(f"{where + ': c' if where else 'C'}annot infer the classes from label column {label_column!r}: values "
+                    f"{sorted(map(repr, values))[:5]}. Use non-negative integers or class-name strings, or add a labels.json.")
 
 
-def load_dataset_dir(directory: Path, text_column: str = "text", label_column: str = "label") -> DatasetSplits:
-    """Load ``train``/``test`` (+ ``dev``, ``unlabeled``, ``labels.json``) from a directory."""
+def load_dataset_dir(directory: Path, text_column: str = "text", label_column: str = "label", *,
+                     test_fraction: float = 0.0, seed: int = 0) -> DatasetSplits:
+    """Load ``train``/``test`` (+ ``dev``, ``unlabeled``, ``labels.json``) from a directory; with
+    ``test_fraction``, a directory without ``test`` has that share of train split off as its test set."""
     if not directory.is_dir():
         raise UserError(f"Dataset directory {str(directory)!r} not found.")
     train_path, test_path = find_file(directory, "train"), find_file(directory, "test")
-    if train_path is None or test_path is None:
-        raise UserError(f"Dataset directory {str(directory)!r} needs train and test files ({', '.join(SUFFIXES)}).")
+    if train_path is None or (test_path is None and not test_fraction):
+        raise UserError(f"Dataset directory {str(directory)!r} needs train and test files ({', '.join(SUFFIXES)}), "
+                        f"or a train file and dataset.test_fraction (e.g. 0.2) to split a test set off it.")
+    if test_path is not None and test_fraction:
+        raise UserError(f"Dataset directory {str(directory)!r} has its own test file {test_path.name}; "
+                        "dataset.test_fraction is for data without one. Leave it at 0.")
     return load_dataset_files(train_path, test_path, find_file(directory, "dev"), find_file(directory, "unlabeled"),
-                              directory / "labels.json", text_column, label_column)
+                              directory / "labels.json", text_column, label_column, test_fraction=test_fraction, seed=seed)
 
 
-def load_dataset_files(train: Path, test: Path, dev: Path | None = None, unlabeled: Path | None = None,
-                       labels_json: Path | None = None, text_column: str = "text", label_column: str = "label") -> DatasetSplits:
+def read_label_names(path: Path) -> list:
+    """A labels.json: a JSON list of distinct class names (UTF-8, a byte-order mark allowed)."""
+    try:
+        names = json.loads(_decode(path.read_bytes(), path))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}). It must be a list of class names, "
+                        'e.g. ["negative", "positive"].') from None
+    if not isinstance(names, list) or not names or not all(isinstance(n, (str, int)) and not isinstance(n, bool) for n in names):
+        raise UserError(f"{path}: must be a non-empty JSON list of class names (strings), e.g. [\"negative\", \"positive\"]; "
+                        f"got {one_line(json.dumps(names))[:80]}.")
+    repeated = sorted({str(n) for n in names if [str(m) for m in names].count(str(n)) > 1})
+    if repeated:
+        raise UserError(f"{path}: class name(s) {', '.join(map(repr, repeated))} appear more than once; each class needs "
+                        "one name, at the index of its integer label.")
+    return names
+
+
+TEST_SPLIT_SALT = 0x7E57  # the test split's random stream, apart from the label-budget split's (both from the run seed)
+
+
+def load_dataset_files(train: Path, test: Path | None, dev: Path | None = None, unlabeled: Path | None = None,
+                       labels_json: Path | None = None, text_column: str = "text", label_column: str = "label", *,
+                       test_fraction: float = 0.0, seed: int = 0) -> DatasetSplits:
+    """Read and check the files of a dataset. Without ``test`` (``test_fraction`` > 0), a seeded share of
+    train becomes the test set: stratified by class for sentence rows, a random sample of sentences
+    for token rows; ``seed`` is the run's."""
+    if test is None and not test_fraction:
+        raise UserError(f"{train} is the only data file: name a test file (dataset.test), or split one off with "
+                        "dataset.test_fraction (e.g. 0.2).")
+    if test is not None and test_fraction:
+        raise UserError(f"dataset.test_fraction={test_fraction} splits a test set off {train}, but a test file "
+                        f"({test}) is given too. Use one of them.")
     train_rows = read_rows(train)
     if not train_rows:
         raise UserError(f"{train} is empty: a dataset split needs at least one row.")
     if labels_json is not None and labels_json.is_file():
-        label_names = json.loads(labels_json.read_text(encoding="utf-8"))
+        label_names = read_label_names(labels_json)
     else:
-        label_names = infer_label_names(train_rows, label_column)
+        label_names = infer_label_names(train_rows, label_column, str(train))
     tokens = is_token_rows(train_rows, text_column)
 
     def convert(rows, path):
+        check_unique_ids(rows, str(path))
         if tokens:
             return rows_to_tokens(rows, label_names, str(path))
         return rows_to_texts(rows, label_names, str(path), text_column, label_column)
 
-    extra = [unlabeled_text(row, text_column) for row in read_rows(unlabeled)] if unlabeled else []
-    return DatasetSplits(label_names=[str(n) for n in label_names], train=convert(train_rows, train),
-                         test=convert(read_rows(test), test), dev=convert(read_rows(dev), dev) if dev else None,
+    extra = []
+    if unlabeled:
+        rows = read_rows(unlabeled)
+        check_unique_ids(rows, str(unlabeled))
+        extra = [unlabeled_text(row, text_column, str(unlabeled), number) for number, row in enumerate(rows, 1)]
+    train_texts = convert(train_rows, train)
+    if len(label_names) < 2:
+        raise UserError(f"{train} has a single class ({label_names[0]!r}): classification needs at least two. Add examples "
+                        "of the other classes, or a labels.json naming every class.")
+    test_texts = convert(read_rows(test), test) if test is not None else None
+    if test_texts is None:
+        train_texts, test_texts = split_test(train_texts, test_fraction, seed, str(train))
+    return DatasetSplits(label_names=[str(n) for n in label_names], train=train_texts,
+                         test=test_texts, dev=convert(read_rows(dev), dev) if dev else None,
                          unlabeled=extra)
 
 
-def unlabeled_text(row: dict, text_column: str = "text") -> str:
-    """An unlabeled row's text: its text column, or its ``tokens`` joined by spaces."""
-    if text_column not in row and isinstance(row.get(TOKENS), (list, tuple)):
-        return " ".join(str(word) for word in row[TOKENS])
-    return str(row.get(text_column) or "")
+def split_test(texts: Texts, fraction: float, seed: int, where: str) -> tuple[Texts, Texts]:
+    """(train, test): ``fraction`` of ``texts`` as a test set, seeded by ``seed``; stratified by class
+    (largest remainders) for sentence rows, a random sample for token rows."""
+    if not 0 < fraction < 1:
+        raise UserError(f"dataset.test_fraction must be between 0 and 1 (exclusive), got {fraction}.")
+    size = round(fraction * len(texts))
+    if not 1 <= size < len(texts):
+        raise UserError(f"{where}: dataset.test_fraction={fraction} of its {len(texts)} rows leaves "
+                        f"{'no test' if size < 1 else 'no training'} example. Use a fraction between "
+                        f"{1 / len(texts):.3g} and {1 - 1 / len(texts):.3g}, or more data.")
+    rng = np.random.default_rng([TEST_SPLIT_SALT, seed])
+    if texts.tags is None:
+        test_idx = stratified_sample(texts.labels, size, rng)
+    else:
+        test_idx = np.sort(rng.permutation(len(texts))[:size])
+    train_idx = np.setdiff1d(np.arange(len(texts)), test_idx)
+    return _take(texts, train_idx), _take(texts, test_idx)
+
+
+def unlabeled_text(row: dict, text_column: str = "text", where: str = "unlabeled", number: int = 0) -> str:
+    """An unlabeled row's text: its text column, or its ``tokens`` joined by spaces; row ``number`` of
+    file ``where``, for the errors (no such column, an empty or over-long text)."""
+    if text_column not in row and isinstance(row.get(TOKENS), (list, tuple, np.ndarray)):
+        text = " ".join(str(word) for word in row[TOKENS])
+    elif text_column not in row:
+        raise UserError(f"{where}, row {number}: needs a column {text_column!r} (or {TOKENS!r}), has {sorted(row)}. "
+                        "Set dataset.text_column if yours is named differently.")
+    else:
+        text = row[text_column]
+        text = "" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text)
+    if not text.strip():
+        raise UserError(f"{where}, row {number}: the text is empty. Remove the row or fill in its text.")
+    check_length(text, where, number)
+    return text
 
 
 def rows_kind(data: DatasetSplits) -> str:

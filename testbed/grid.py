@@ -90,7 +90,7 @@ def load_grid(path: str | Path | None, overrides: Iterable[str] = ()) -> Grid:
     if path is None:
         grid = Grid()
     else:
-        data = load_toml(path)  # UserError for a missing or malformed file
+        data = load_toml(path, "Grid file")  # UserError for a missing or malformed file
         if not data:  # an empty file would silently be one run of every default (supervised, MiniLM, every step)
             raise UserError(f"Grid file {str(path)!r} is empty. Give it [axes] (dotted keys with lists of values) and, if "
                             "needed, [base] and seeds; e.g. benchmarks/ablation_tiny.toml. For one run, use `testbed run`.")
@@ -112,7 +112,7 @@ def parse_grid(data: dict, source: str = "grid") -> Grid:
     if not isinstance(axes_table, dict):
         raise UserError(f"{source}: 'axes' must be a table of dotted keys -> lists, got {axes_table!r}.")
     axes: dict[str, list] = {}
-    _flatten_axes(axes_table, "", axes)
+    _flatten_axes(axes_table, "", axes, source)
 
     groups: list[list[str]] = []
     zips = data.get("zip", [])
@@ -121,7 +121,7 @@ def parse_grid(data: dict, source: str = "grid") -> Grid:
     for number, group in enumerate(zips, 1):
         if isinstance(group, dict):  # [[zip]] tables: the group's axes with their values
             values: dict[str, list] = {}
-            _flatten_axes(group, "", values)
+            _flatten_axes(group, "", values, source)
             for key in values:
                 if key in axes:
                     raise UserError(f"{source}: zip group {number} repeats axis {key!r}, which is also in [axes].")
@@ -147,11 +147,14 @@ def parse_grid(data: dict, source: str = "grid") -> Grid:
     return Grid(base=base, axes=axes, zip=groups, exclude=exclude, include=include, source=source)
 
 
-def _flatten_axes(node: dict, prefix: str, out: dict[str, list]) -> None:
+def _flatten_axes(node: dict, prefix: str, out: dict[str, list], source: str = "grid") -> None:
     for key, value in node.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict):
-            _flatten_axes(value, dotted + ".", out)
+            _flatten_axes(value, dotted + ".", out, source)
+        elif dotted in out:  # "distance.name" = [...] and distance.name = [...] (or [axes.distance]): one would be lost
+            raise UserError(f"{source}: axis {dotted!r} is given twice ({show(out[dotted])} and {show(value)}). "
+                            "Give each axis once, with all its values in one list.")
         elif isinstance(value, list):
             out[dotted] = value
         else:
@@ -601,6 +604,9 @@ def run_grid(cells: list[Cell], registry, out_dir: str | Path, *, executor: str 
         report.seconds = time.perf_counter() - started
         return report
 
+    from testbed.runs import check_writable
+
+    check_writable(out)  # a read-only or full runs directory: one error, not one per cell
     env = {**_forwarded_env(), **(env or {})}
     dirs = tuple(str(Path(d).resolve()) for d in plugins_dirs)
     cores = available_cores()

@@ -14,6 +14,7 @@ run directory exists); ``train`` runs the loop and reports every evaluation.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ def prepare(cfg: RunConfig, registry=None) -> Parts:
         registry = load_plugins()
     choice = cfg.choices
     build = lambda seam, context: choice[seam].record.factory(choice[seam].options, context)  # noqa: E731
-    data = build("dataset", DatasetContext(data_dir=data_dir()))
+    data = build("dataset", DatasetContext(data_dir=data_dir(), seed=cfg.seed))
     task_record = choose_task(cfg, data, registry)
     split = make_split(data, cfg.dataset.labels_per_class, cfg.dataset.validation_per_class, cfg.seed,
                        cfg.dataset.unlabeled_limit, cfg.dataset.test_limit, where=f"dataset {cfg.dataset.name!r}",
@@ -178,9 +179,20 @@ def whole_examples(weights: torch.Tensor, owners) -> torch.Tensor:
     return torch.where(failed[owners], torch.zeros_like(weights), weights)
 
 
+class NonFiniteLoss(ArithmeticError):
+    """A term of the loss is NaN or infinite (``term``: supervised, consistency, regulariser). Raised where
+    the loop reads the loss anyway (the tally's float), so the check costs no extra device sync;
+    testbed.runs names the seam that produced it and the step."""
+
+    def __init__(self, term: str, value: float):
+        super().__init__(f"the {term} loss is {value}")
+        self.term, self.value = term, value
+
+
 class PseudoLabelTally:
     """Quantity and quality of pseudo-labels between two evaluations. Gold labels are used
-    here only, to measure; they never reach the loss."""
+    here only, to measure; they never reach the loss. A loss term that is not finite raises
+    NonFiniteLoss before the optimizer steps on it."""
 
     def __init__(self):
         self.seen = self.selected = self.selected_known = self.selected_correct = 0
@@ -191,16 +203,22 @@ class PseudoLabelTally:
 
     def add_labeled(self, loss: float, kept: float):
         """One step's supervised loss and the share of labeled examples TSA kept in it."""
+        if not math.isfinite(loss):
+            raise NonFiniteLoss("supervised", loss)
         self.sup_loss += loss
         self.tsa_kept += kept
         self.steps += 1
 
     def add_regulariser(self, loss: float):
         """One step's regulariser terms, summed (weighted, as added to the loss)."""
+        if not math.isfinite(loss):
+            raise NonFiniteLoss("regulariser", loss)
         self.reg_loss += loss
         self.reg_steps += 1
 
     def add_unlabeled(self, weights, targets, teacher_probs, gold: np.ndarray, unsup_loss: float):
+        if not math.isfinite(unsup_loss):
+            raise NonFiniteLoss("consistency", unsup_loss)
         weights, targets, teacher_probs = weights.cpu(), targets.cpu(), teacher_probs.cpu()  # counted in numpy
         chosen = (weights > 0).numpy()
         known = gold >= 0

@@ -4,7 +4,9 @@
 
 A *group* is a dataset and label budget (``dataset.name``, ``dataset.labels_per_class``); a *cell*
 is what is compared within a group: the config keys that vary across the runs (seed excluded;
-``--group-by`` chooses them), e.g. the method. Seeds are the replicates.
+``--group-by`` chooses them), e.g. the method. Seeds are the replicates. A group's cells are
+ordered, ranked and compared on test accuracy, or, for token-task runs (NER; result.json ``task``
+is ``token``), on entity F1 (``ReportContext.primary_metric``).
 
 This module reads the runs (each file once), decides groups, cells, order and colors, computes the
 leaderboard and the paired comparisons (summary.csv, comparisons.csv), and renders. Every section,
@@ -45,11 +47,22 @@ def group_label(dataset, labels_per_class, labeled_size) -> str:
 CHECKPOINTS = {"last": ("test_accuracy", "test_macro_f1"), "best on validation": ("test_accuracy_best_val", "test_macro_f1_best_val")}
 EXTRA_RESULT_KEYS = ("augment_seconds", "eval_seconds", "labeled_size", "unlabeled_size", "test_size", "started_at",
                      "finished_at", "machine", "pseudo_label_per_class", "testbed_version", "git_commit", "label_names",
-                     "device", "precision", "evaluated_model")
+                     "device", "precision", "evaluated_model",
+                     # token tasks (NER): the task, and what their leaderboard shows beside entity F1
+                     "task", "test_entity_per_type", "student_test_entity_f1", "teacher_test_entity_f1")
 RUNS_SET, COMPARE_SET = "runs", "compare"  # the set column: RUNS_DIR... and --compare-to DIR...
 COMPARE_SUFFIX = " (compare)"  # run id of a compare-set run that is also in the runs set
 COMPARISON_COLUMNS = ["group", "checkpoint", "cell", "baseline", "pairs", "mean_diff", "ci95_low", "ci95_high", "test", "p",
                       "effect_dz", "p_holm", "verdict"]
+METRIC_COLUMN = "metric"  # comparisons.csv: what was compared (accuracy, entity_f1); a column only when a token group is there
+ENTITY_F1 = "entity_f1"  # the primary metric of token-task groups with IOB2 tags (NER)
+
+
+def primary_metric(runs) -> str:
+    """The metric a group's runs are ranked and compared on: entity F1 when they are token-task runs
+    that have it (IOB2 tags), else test accuracy."""
+    token = "task" in runs and any(task == "token" for task in runs["task"])
+    return ENTITY_F1 if token and "test_entity_f1" in runs and runs["test_entity_f1"].notna().any() else "accuracy"
 
 
 # --------------------------------------------------------------------------- loading
@@ -212,10 +225,12 @@ def report_context(frame, cell_keys: Sequence[str], baseline: str, runs_dirs: Se
         return (str(row[GROUP_KEYS[0]]), row[GROUP_KEYS[1]] if row[GROUP_KEYS[1]] is not None else -1)
 
     groups = sorted(done["group"].unique().tolist(), key=group_sort)
-    cells, baseline_cells, class_names = {}, {}, {}
+    cells, baseline_cells, class_names, primary = {}, {}, {}, {}
     for group in groups:
         runs = done[done.group == group]
-        means = runs.groupby("cell")["test_accuracy"].mean()  # best mean last-checkpoint accuracy first, ties by name
+        primary[group] = primary_metric(runs)
+        # best mean last-checkpoint accuracy (a token task's entity F1) first, ties by name
+        means = runs.groupby("cell")[f"test_{primary[group]}"].mean()
         cells[group] = tuple(sorted(means.index.tolist(), key=lambda c: (-means[c] if not math.isnan(means[c]) else math.inf, c)))
         matches = runs[runs["method"] == baseline] if "method" in runs else runs.iloc[:0]
         if matches.empty:  # a cell label, with or without its set
@@ -229,7 +244,7 @@ def report_context(frame, cell_keys: Sequence[str], baseline: str, runs_dirs: Se
     context = ReportContext(
         runs_dirs=tuple(runs_dirs), out_dir=out_dir, baseline=baseline, cell_keys=tuple(cell_keys),
         metrics=files.metrics, predictions=files.predictions, groups=tuple(groups), cells=cells, baseline_cells=baseline_cells,
-        class_names=class_names, duplicates=tuple(frame.attrs.get("duplicates") or ()),
+        class_names=class_names, duplicates=tuple(frame.attrs.get("duplicates") or ()), primary=primary,
         # a cell keeps its color in every plot of the report
         colors={cell: f"C{i % 10}" for i, cell in enumerate(sorted(done["cell"].unique().tolist()))})
     return dataclasses.replace(context, leaderboard=tuple(leaderboard_rows(frame, context)),
@@ -237,17 +252,26 @@ def report_context(frame, cell_keys: Sequence[str], baseline: str, runs_dirs: Se
 
 
 def leaderboard_rows(frame, context: ReportContext) -> list[dict]:
-    """Per group, cell, checkpoint and metric: seeds, mean, std and the 95% t-interval (summary.csv)."""
+    """Per group, cell, checkpoint and metric: seeds, mean, std and the 95% t-interval (summary.csv).
+    Token-task groups (NER) have entity F1 first, then accuracy and macro-F1 per token, and their
+    label budget in ``labeled_size`` (a column only when such a group is there)."""
     rows = []
+    token_groups = any(context.primary_metric(g) == ENTITY_F1 for g in context.groups)
     for group in context.groups:
         runs = frame[(frame.status == "done") & (frame.group == group)]
+        token = context.primary_metric(group) == ENTITY_F1
         for cell in context.cells[group]:
             sub = runs[runs.cell == cell]
             first = sub.iloc[0]
+            budget = {"labels_per_class": None if token else first[GROUP_KEYS[1]]}
+            if token_groups:
+                budget["labeled_size"] = first[LABELED_SIZE] if token else None
             for checkpoint, (acc, f1) in CHECKPOINTS.items():
-                for metric, column in (("accuracy", acc), ("macro_f1", f1)):
+                suffix = "_best_val" if checkpoint != "last" else ""
+                metrics = ((ENTITY_F1, f"test_{ENTITY_F1}{suffix}"),) if token else ()
+                for metric, column in (*metrics, ("accuracy", acc), ("macro_f1", f1)):
                     s = summarize(sub[column].tolist())
-                    rows.append({"dataset": first[GROUP_KEYS[0]], "labels_per_class": first[GROUP_KEYS[1]], "cell": cell,
+                    rows.append({"dataset": first[GROUP_KEYS[0]], **budget, "cell": cell,
                                  **({"set": first["set"]} if frame.attrs.get("compare") else {}),
                                  "checkpoint": checkpoint, "metric": metric, "n_seeds": s.n, "mean": s.mean, "std": s.std,
                                  "ci95_low": s.ci_low, "ci95_high": s.ci_high})
@@ -255,15 +279,15 @@ def leaderboard_rows(frame, context: ReportContext) -> list[dict]:
 
 
 def comparison_rows(frame, context: ReportContext) -> list[dict]:
-    """Every cell against its group's baseline cell on test accuracy, paired by seed, Holm-corrected
-    within each group and checkpoint (comparisons.csv)."""
+    """Every cell against its group's baseline cell on test accuracy (a token task's entity F1: the
+    group's primary metric), paired by seed, Holm-corrected within each group and checkpoint (comparisons.csv)."""
     rows = []
     for group in context.groups:
         base = context.baseline_cells.get(group)
         if base is None:
             continue
         runs = frame[(frame.status == "done") & (frame.group == group)]
-        for checkpoint, (acc, _) in CHECKPOINTS.items():
+        for checkpoint, acc in zip(CHECKPOINTS, context.primary_columns(group)):
             family = []
             # the mean per seed: with --group-by a cell can pool several configs run with one seed
             reference = runs[runs.cell == base].groupby("seed")[acc].mean()
@@ -275,7 +299,8 @@ def comparison_rows(frame, context: ReportContext) -> list[dict]:
                 result = paired_test([other[s] for s in seeds], [reference[s] for s in seeds])
                 family.append({"group": group, "checkpoint": checkpoint, "cell": cell, "baseline": base, "pairs": len(seeds),
                                "mean_diff": result.mean_diff, "ci95_low": result.ci_low, "ci95_high": result.ci_high,
-                               "test": result.test, "p": result.p, "effect_dz": result.effect})
+                               "test": result.test, "p": result.p, "effect_dz": result.effect,
+                               METRIC_COLUMN: context.primary_metric(group)})
             for row, adjusted in zip(family, holm([r["p"] for r in family])):
                 row["p_holm"] = adjusted
                 row["verdict"] = verdict(row["mean_diff"], adjusted)
@@ -402,7 +427,8 @@ def render_report(runs_dirs: Sequence[str | Path], out_dir: str | Path, *, basel
     names = ", ".join(d.name for d in runs_dirs) + (f" vs {', '.join(d.name for d in compare_to)}" if compare_to else "")
     md, page = render(sections, out, title or f"Report: {names}")
     pd.DataFrame(list(context.leaderboard)).to_csv(out / "summary.csv", index=False, float_format="%.6g")
-    pd.DataFrame(list(context.comparisons), columns=COMPARISON_COLUMNS).to_csv(out / "comparisons.csv", index=False, float_format="%.6g")
+    columns = COMPARISON_COLUMNS + ([METRIC_COLUMN] if any(context.primary_metric(g) == ENTITY_F1 for g in context.groups) else [])
+    pd.DataFrame(list(context.comparisons), columns=columns).to_csv(out / "comparisons.csv", index=False, float_format="%.6g")
     (out / "index.md").write_text(md, encoding="utf-8")
     (out / "index.html").write_text(page, encoding="utf-8")
     echo(f"{len(frame)} runs ({int((frame.status == 'done').sum())} finished) -> {out / 'index.html'}")

@@ -71,8 +71,10 @@ def paired_test(a, b) -> Paired:
     if np.all(d == 0):
         return Paired(n, 0.0, 0.0, 0.0, "none (identical)", 1.0, 0.0)
     if n < WILCOXON_FROM:
+        if sd == 0:  # every pair differs by the same amount: t is undefined, and with few seeds it is chance, not proof
+            return Paired(n, float(d.mean()), s.ci_low, s.ci_high, "not tested (every pair differs by the same amount)", None, effect)
         test = "paired t"
-        p = 0.0 if sd == 0 else float(stats.ttest_rel(a, b).pvalue)
+        p = float(stats.ttest_rel(a, b).pvalue)
     else:
         test = "Wilcoxon signed-rank"
         p = float(stats.wilcoxon(d).pvalue)

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from testbed.atomic import atomic_write
-from testbed.errors import UserError
+from testbed.errors import UserError, is_storage_error, storage_reason
 from testbed.resources import cache_dir, refuse_shared_data
 
 COMPACT_AT = 16  # shards in one entry before a reader merges them
@@ -124,8 +124,10 @@ class CacheEntry:
         try:
             self._write_meta()
             self._write_shard(pending)
-        except OSError as exc:
-            warnings.warn(f"Could not write the cache entry {self.dir}: {exc}", stacklevel=2)
+        except OSError as exc:  # a StorageError too (full, a size limit, read-only): no half-written shard is left
+            reason = storage_reason(exc) if is_storage_error(exc) else str(exc)
+            warnings.warn(f"Could not write the cache entry {self.dir}: {reason}. The run goes on; these items are computed "
+                          "again when they are needed.", stacklevel=2)
 
     # ------------------------------------------------------------------ shards
 
@@ -137,8 +139,15 @@ class CacheEntry:
                 items.update(self._read_shard(path))
             except FileNotFoundError:
                 continue  # merged away by another process meanwhile: its items are computed again if needed, identically
-            except UNREADABLE as exc:
-                warnings.warn(f"Skipping unreadable cache shard {path}: {exc}", stacklevel=3)
+            except UNREADABLE as exc:  # cut short, garbage, another shape: never used. Shards appear by an atomic
+                # rename, so this is no shard half-written by another process: remove it, its items are computed again
+                # (a shard the OS would not read, e.g. another user's, is only skipped)
+                damaged = not isinstance(exc, OSError) or isinstance(exc, zipfile.BadZipFile)
+                if damaged:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                warnings.warn(f"Skipping unreadable cache shard {path}{' (removed)' if damaged else ''}; its items are computed "
+                              f"again: {' '.join(str(exc).split())}", stacklevel=3)
                 continue
             loaded.append(path)
         if len(loaded) >= COMPACT_AT:

@@ -161,6 +161,7 @@ class DatasetContext:
     """What a dataset's factory gets."""
 
     data_dir: Path | None = None  # the local data directory ($TESTBED_DATA, or ../shared/data beside the checkout)
+    seed: int = 0  # the run's seed: for a dataset that draws its own split (a test set split off one file)
 
 
 @dataclass(frozen=True)
@@ -628,13 +629,25 @@ class ReportContext:
     metrics: Callable[[str], list[dict]]  # run_id -> its metrics.jsonl records ([] without); read once
     predictions: Callable[[str], Mapping[str, np.ndarray] | None] = lambda run_id: None  # run_id -> predictions.npz arrays; read once
     groups: tuple[str, ...] = ()  # groups with finished runs, by dataset name, then label budget
-    cells: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # group -> its cells, best mean test accuracy (last) first
+    cells: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # group -> its cells, best mean test accuracy (last; entity F1: primary) first
     baseline_cells: Mapping[str, str] = field(default_factory=dict)  # group -> its baseline cell; absent: no baseline runs there
     class_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # group -> label names (result.json), () if unknown
     colors: Mapping[str, str] = field(default_factory=dict)  # cell -> matplotlib color, the same in every plot
     leaderboard: tuple[Mapping[str, Any], ...] = ()  # per group, cell, checkpoint, metric: seeds, mean, std, CI (summary.csv)
     comparisons: tuple[Mapping[str, Any], ...] = ()  # paired tests of every cell against its group's baseline (comparisons.csv)
     duplicates: tuple[Mapping[str, Any], ...] = ()  # runs found in several runs directories: run, counted from, also in
+    # group -> the metric its cells are ordered, ranked and compared on (result.json's test_<metric>): "accuracy", or
+    # "entity_f1" for a token task with IOB2 tags (NER; task "token"); absent: "accuracy"
+    primary: Mapping[str, str] = field(default_factory=dict)
+
+    def primary_metric(self, group: str) -> str:
+        """The metric ``group`` is ranked and compared on: ``accuracy`` or ``entity_f1`` (token tasks)."""
+        return self.primary.get(group, "accuracy")
+
+    def primary_columns(self, group: str) -> tuple[str, str]:
+        """The results table's columns of ``group``'s metric: (last checkpoint, best on validation)."""
+        metric = self.primary_metric(group)
+        return f"test_{metric}", f"test_{metric}_best_val"
 
     def class_name(self, group: str, index: int) -> str:
         """The name of class ``index`` in ``group``, else "class <index>"."""

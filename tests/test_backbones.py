@@ -33,7 +33,7 @@ def test_missing_local_model_is_one_clear_error(tmp_path):
     args = [a for a in FAST if not a.startswith("backbone.")]
     result = CliRunner().invoke(main, ["run", *args, f"backbone.name={tmp_path}/nope/model", "--out", str(tmp_path / "runs")])
     assert result.exit_code != 0
-    assert "Could not load backbone" in result.output and "Traceback" not in result.output
+    assert f"Error: Backbone path '{tmp_path}/nope/model' not found" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
 
 

@@ -307,6 +307,16 @@ def test_keys_added_later_keep_the_run_ids_of_runs_made_before_them(registry):
     assert cfg_of(registry, "method=fixmatch", "backbone.name=tiny", "train.precision=bf16").run_id != cfg.run_id
 
 
+def test_test_fraction_keeps_the_run_ids_of_local_data_made_before_it(registry, tiny_dataset_dir):
+    cfg = cfg_of(registry, f"dataset.name={tiny_dataset_dir / 'train.jsonl'}", f"dataset.test={tiny_dataset_dir / 'test.jsonl'}")
+    assert cfg.resolved["dataset"]["test_fraction"] == 0.0  # recorded in config.json, at its default
+    older = json.loads(json.dumps(cfg.resolved))
+    del older["dataset"]["test_fraction"]  # a config.json written before the key existed
+    assert run_id(older) == cfg.run_id
+    split = cfg_of(registry, f"dataset.name={tiny_dataset_dir / 'train.jsonl'}", "dataset.test_fraction=0.2")
+    assert split.resolved["dataset"]["test_fraction"] == 0.2 and split.run_id != cfg.run_id
+
+
 @pytest.mark.parametrize("method", ["fixmatch", "supervised", "uda"])
 def test_the_regulariser_none_keeps_the_run_ids_of_runs_made_before_the_seam(registry, method):
     cfg = cfg_of(registry, f"method={method}")

@@ -256,11 +256,40 @@ def test_files_dataset_through_the_registry(registry, tmp_path):
         record.factory(record.options(), DatasetContext())
 
 
-def test_empty_csv_text_stays_empty(tmp_path):
+def test_tsv_is_read_like_csv_without_quoting(tmp_path):
+    texts = ['he said "no", then left', "a, b and c", "'single' quotes"]
+    (tmp_path / "train.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{lab}\n" for t, lab in zip(texts, ["x", "y", "x"])))
+    (tmp_path / "test.tsv").write_text("text\tlabel\nfine\t1\n")
+    (tmp_path / "labels.json").write_text('["x", "y"]')
+    data = load_dataset_dir(tmp_path)
+    assert data.train.texts == texts and data.train.labels.tolist() == [0, 1, 0] and data.test.labels.tolist() == [1]
+
+
+def test_test_fraction_splits_one_labelled_file_stratified_and_seeded_by_the_run(registry, tmp_path):
+    rows = [{"text": f"text {c} {i}", "label": name} for c, (name, n) in enumerate([("a", 30), ("b", 20), ("c", 10)])
+            for i in range(n)]
+    write_jsonl(tmp_path / "all.jsonl", rows)
+    record = registry.get("dataset", "files")
+    options = record.options(path=str(tmp_path / "all.jsonl"), test_fraction=0.2)
+    split = lambda seed: record.factory(options, DatasetContext(seed=seed))  # noqa: E731
+    first = split(0)
+    assert np.bincount(first.test.labels).tolist() == [6, 4, 2] and np.bincount(first.train.labels).tolist() == [24, 16, 8]
+    assert sorted(first.train.texts + first.test.texts) == sorted(r["text"] for r in rows)
+    assert split(0).test.texts == first.test.texts and split(1).test.texts != first.test.texts
+    # a directory without a test file splits its train the same way; token rows, a seeded sample of sentences
+    write_jsonl(tmp_path / "dir" / "train.jsonl", rows)
+    assert load_dataset_dir(tmp_path / "dir", test_fraction=0.2, seed=0).test.texts == first.test.texts
+    words = [{"tokens": ["w", str(i)], "tags": ["O", "B-X"]} for i in range(10)]
+    write_jsonl(tmp_path / "ner.jsonl", words)
+    ner = record.factory(record.options(path=str(tmp_path / "ner.jsonl"), test_fraction=0.3), DatasetContext(seed=0))
+    assert len(ner.test) == 3 and len(ner.train) == 7 and ner.test.tags is not None
+
+
+def test_an_empty_csv_text_is_read_as_empty_not_nan_and_refused(tmp_path):
     (tmp_path / "train.csv").write_text("text,label\n,a\nhello,b\n")
-    assert read_rows(tmp_path / "train.csv")  # loads
-    data = load_dataset_files(tmp_path / "train.csv", tmp_path / "train.csv")
-    assert data.train.texts == ["", "hello"]
+    assert [row["text"] for row in read_rows(tmp_path / "train.csv")] == ["", "hello"]  # not "nan"
+    with pytest.raises(UserError, match=r"train.csv: 1 row\(s\) with an empty text \(row 1\)"):  # the table: test_bad_input.py
+        load_dataset_files(tmp_path / "train.csv", tmp_path / "train.csv")
 
 
 # --------------------------------------------------------------------------- bad input

@@ -163,15 +163,23 @@ class RowCountSensitiveEncoder(torch.nn.Module):
         return type("Output", (), {"last_hidden_state": out})()
 
 
-def encode_in_batches(encoder, ids: torch.Tensor, sizes: list[int], order: list[int]) -> torch.Tensor:
+def encode_in_batches(encoder, ids: torch.Tensor, sizes: list[int], order: list[int], mask: torch.Tensor | None = None,
+                      per_token: bool = False) -> torch.Tensor:
     """Features of the rows ``ids`` with an empty store, asked for in batches of ``sizes`` rows,
-    the rows taken in ``order``: rows computed in other batches, beside other rows, at other positions."""
-    store = frozen_plugin.FeatureStore(encoder, "mean", "test", root=None)
-    features = torch.zeros(len(ids), encoder.config.hidden_size)
+    the rows taken in ``order``: rows computed in other batches, beside other rows, at other positions.
+    ``per_token``: a token task's features, [rows, T, hidden], each batch cut to its longest row (so a
+    row is padded by another amount in each batching)."""
+    store = frozen_plugin.FeatureStore(encoder, "mean", "test", root=None, per_token=per_token)
+    mask = torch.ones_like(ids) if mask is None else mask
+    features = torch.zeros(*(ids.shape if per_token else ids.shape[:1]), encoder.config.hidden_size)
     start = 0
     for size in sizes:
         rows = order[start : start + size]
-        features[rows] = store.features(ids[rows], torch.ones_like(ids[rows]))
+        if per_token:
+            width = int(mask[rows].sum(1).max())
+            features[rows, :width] = store.features(ids[rows, :width], mask[rows, :width])
+        else:
+            features[rows] = store.features(ids[rows], mask[rows])
         start += size
     assert start == len(ids)
     return features
@@ -385,6 +393,134 @@ def test_mc_dropout_passes_differ_and_the_uncertainty_selector_runs(registry):
     assert not torch.equal(first, second)  # dropout in the head makes the passes differ
     result = train(cfg, parts, progress=False).result
     assert result["mask_rate"] == 1.0  # τ = 0, κ = 1: every pseudo-label selected, through K passes
+
+
+# --------------------------------------------------------------------------- token tasks (NER)
+
+def ner_config(registry, *extra):
+    """test_ner's CoNLL-2003 slices with the frozen backbone on the `tiny` encoder (its default size)."""
+    from test_ner import NER
+
+    frozen = [*(o for o in NER if not o.startswith("backbone.")), "backbone.name=frozen", "backbone.encoder=tiny",
+              "backbone.max_length=48", "train.lr=1e-2"]
+    return resolve(parse_overrides([*frozen, *extra]), registry)
+
+
+def ragged_ids(lengths: list[int], generator: torch.Generator, low: int = 1000, high: int = 20000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of random ids in [low, high) of ``lengths``, right-padded (0, masked) to the longest."""
+    ids, mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long), torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, :n], mask[i, :n] = torch.randint(low, high, (n,), generator=generator), 1
+    return ids, mask
+
+
+TOKEN_LENGTHS = [3, 12, 5, 3, 20, 9, 17, 3, 14, 6, 11]  # buckets of 16 and 32; each batching pads a row otherwise
+
+
+def test_row_counts_that_change_an_encoders_rounding_do_not_change_token_features():
+    encoder = RowCountSensitiveEncoder().eval()
+    ids, mask = ragged_ids(TOKEN_LENGTHS, torch.Generator().manual_seed(1), 1, 500)
+    with torch.no_grad():  # per token too, the encoder rounds otherwise by row count: the provocation is real
+        alone, batched = (encoder(ids[:n]).last_hidden_state[0] for n in (1, 2))
+    assert not torch.equal(alone, batched)
+    reference = encode_in_batches(encoder, ids, *BATCHINGS[0], mask=mask, per_token=True)
+    assert reference.shape == (11, 20, 24) and reference[mask == 0].abs().sum() == 0  # padding: no feature
+    for sizes, order in BATCHINGS[1:]:
+        assert torch.equal(encode_in_batches(encoder, ids, sizes, order, mask=mask, per_token=True), reference), sizes
+
+
+@pytest.mark.parametrize("encoder_name", ["tiny", pytest.param("minilm", marks=pytest.mark.slow)])
+def test_real_encoders_give_the_same_token_features_however_texts_are_batched(registry, encoder_name):
+    """The sentence test's batchings on texts of several lengths in one batch (each padded to its
+    batch's longest), with 1 and 2 torch threads, through the token head's encoder."""
+    torch.manual_seed(0)
+    model, _ = backbone_context(registry, 2, "token").load_backbone(encoder_name)
+    encoder = model.base_model.eval()
+    ids, mask = ragged_ids(TOKEN_LENGTHS, torch.Generator().manual_seed(2))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        reference = encode_in_batches(encoder, ids, *BATCHINGS[0], mask=mask, per_token=True)
+        torch.set_num_threads(2)
+        for sizes, order in BATCHINGS[1:]:
+            assert torch.equal(encode_in_batches(encoder, ids, sizes, order, mask=mask, per_token=True), reference), sizes
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_token_head_gives_per_token_logits_of_the_tasks_encoding_whatever_the_batch(registry):
+    from test_ner import token_task
+
+    torch.manual_seed(0)
+    model, tokenizer = frozen_plugin.frozen(frozen_plugin.FrozenOptions(encoder="tiny"), backbone_context(registry, 9, "token"))
+    assert [name for name, _ in model.named_parameters()] == ["classifier.weight", "classifier.bias"]
+    assert model.store.per_token and model.store.key["features"] == "token" and "pooling" not in model.store.key
+    task = token_task(registry)
+    short = "EU rejects German call to boycott British lamb ."
+    longer = "Peter Blackburn said on Thursday that the commission disagreed with the German advice to consumers to shun lamb"
+    alone, batch = task.encode(tokenizer, [short], 48), task.encode(tokenizer, [longer, short], 48)  # `short` padded in the batch
+    assert batch["attention_mask"][1].sum() < batch["input_ids"].shape[1]
+    model.eval()
+    with torch.no_grad():
+        logits_alone, logits_batch = model(**alone).logits, model(**batch).logits
+    assert logits_alone.shape == (1, alone["input_ids"].shape[1], 9) and logits_batch.shape == (2, batch["input_ids"].shape[1], 9)
+    rows_alone, rows_batch = task.rows(logits_alone, alone), task.rows(logits_batch, batch)
+    assert len(rows_alone) == len(short.split()) and torch.equal(rows_batch[-len(rows_alone):], rows_alone)  # bit for bit
+    # a token's feature is the encoder's last hidden state at its position (the text alone, unpadded)
+    with torch.no_grad():
+        hidden = model.store.encoder(input_ids=alone["input_ids"]).last_hidden_state[0]
+    features = model.store.features(alone["input_ids"], alone["attention_mask"])[0]
+    assert torch.allclose(features, hidden, atol=1e-5)
+    assert torch.allclose(logits_alone[0], model.classifier(features), atol=1e-6)
+
+
+def test_token_features_are_a_cache_entry_of_their_own(monkeypatch):
+    encoder = RowCountSensitiveEncoder()
+    sentence = frozen_plugin.FeatureStore(encoder, "mean", "test", root=None)
+    token = frozen_plugin.FeatureStore(encoder, "mean", "test", root=None, per_token=True)
+    assert token.entry != sentence.entry and token.key["format"] == frozen_plugin.TOKEN_FORMAT
+    assert frozen_plugin.FeatureStore(encoder, "cls", "test", root=None, per_token=True).entry == token.entry  # pooling does not apply
+    assert token.cache.meta["variants"] and not sentence.cache.meta["variants"]  # rows by (text digest, position)
+    monkeypatch.setattr(frozen_plugin, "TOKEN_FORMAT", 99)
+    assert frozen_plugin.FeatureStore(encoder, "mean", "test", root=None, per_token=True).entry != token.entry
+    assert frozen_plugin.FeatureStore(encoder, "mean", "test", root=None).entry == sentence.entry
+
+
+def test_a_frozen_token_run_reads_its_views_features_back_and_a_warm_cache_gives_its_numbers(registry, tmp_path, cache_dir):
+    cfg = ner_config(registry, "method=fixmatch", "selector.threshold=0.3")
+    assert cfg.resolved["augmentation"]["strong"]["name"] == "word_mask"  # a word-keeping view, encoded like any text
+    cold_dir, _, _ = execute(cfg, registry, tmp_path / "cold", progress=False)
+    result = json.loads((cold_dir / "result.json").read_text())
+    assert result["task"] == "token" and 0 <= result["test_entity_f1"] <= 1 and result["mask_rate"] > 0
+    (entry,) = (cache_dir / "features").iterdir()
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["key"]["features"] == "token" and meta["variants"] and meta["columns"]["pooling"] == "per-token"
+    computed = frozen_plugin.ENCODED[entry.name]
+
+    parts = prepare(cfg, registry)  # every strong view the run drew (read back from the view cache) has its features on disk
+    store, task = parts.student.store, parts.task
+    views = list(parts.views.strong.table.values())
+    assert views and any("[MASK]" in view for view in views)
+    encoded = task.encode(parts.tokenizer, views, 48)
+    keys, rows = frozen_plugin.token_keys(encoded["input_ids"], encoded["attention_mask"])
+    assert all((key, p) in store.table for key, row in zip(keys, rows) for p in range(len(row)))
+
+    warm_dir, _, _ = execute(cfg, registry, tmp_path / "warm", progress=False)  # a new model, reading the cache
+    assert frozen_plugin.ENCODED[entry.name] == computed  # nothing encoded again
+    assert numbers(warm_dir) == numbers(cold_dir)
+
+
+@pytest.mark.parametrize("method", [["method=meanteacher"], ["method=fixmatch", "selector.name=uncertainty", "selector.passes=2",
+                                                             "selector.threshold=0.0", "selector.max_uncertainty=1.0"]],
+                         ids=["meanteacher", "mc-dropout"])
+def test_teachers_share_the_token_features(registry, method):
+    cfg = ner_config(registry, *method)
+    parts = prepare(cfg, registry)
+    result = train(cfg, parts, progress=False).result
+    assert result["task"] == "token" and set(result["test_entity_per_type"]) == {"LOC", "MISC", "ORG", "PER"}
+    model = getattr(parts.teacher, "model", None)
+    if model is not None:
+        assert model.store is parts.student.store
 
 
 # --------------------------------------------------------------------------- options and registration

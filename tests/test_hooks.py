@@ -69,7 +69,8 @@ CHECKS = {
     "testbed_run_started": lambda out, cfg, report: "training pi_model into" in out,
     "testbed_evaluation": lambda out, cfg, report: "step 2: test accuracy" in out and "step 4: test accuracy" in out,
     "testbed_run_finished": lambda out, cfg, report: f"{cfg['run_id']}: test accuracy" in out,
-    "testbed_run_failed": lambda out, cfg, report: "failed: RuntimeError: boom in the distance" in out,
+    "testbed_run_failed": lambda out, cfg, report: "failed: TrainingError: distance 'explode' raised RuntimeError: boom in the "
+                                                     "distance" in out,
     "testbed_report_sections": lambda out, cfg, report: "## Mean mask rate" in report,
 }
 

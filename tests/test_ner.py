@@ -306,10 +306,7 @@ def test_a_view_whose_word_count_differs_anyway_stops_the_run_naming_the_augment
         stream.draw(np.array([0]), np.array([0]))
 
 
-def test_the_frozen_backbone_and_the_cotraining_peer_refuse_token_tasks_for_now(registry):
-    frozen = [o for o in NER if not o.startswith("backbone.")] + ["backbone.name=frozen", "backbone.encoder=tiny"]
-    with pytest.raises(UserError, match="backbone 'frozen' does not do token classification yet"):
-        prepare(resolve(parse_overrides(frozen), registry), registry)
+def test_the_cotraining_peer_refuses_token_tasks_for_now(registry):
     with pytest.raises(UserError, match="teacher 'cotrain' does not do token classification yet"):
         prepare(resolve(ner("method=cotraining"), registry), registry)
 

@@ -510,6 +510,107 @@ def test_a_selector_that_never_selects_is_called_out(tmp_path):
     assert "Selected under 1% of pseudo-labels at every evaluation (the unlabeled loss hardly acted; close to supervised training): fixmatch." in md
 
 
+# --------------------------------------------------------------------------- token tasks (NER)
+
+TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+TYPES = ("LOC", "MISC", "ORG", "PER")
+
+
+def fake_token_run(out: Path, run_id: str, method: str, seed: int, f1: float, accuracy: float):
+    """A finished token-task run (result.json as a CoNLL-2003 run writes it): entity F1 ``f1``,
+    token accuracy ``accuracy``, a per-type table whose F1 for PER is ``f1`` + 0.1, per-tag pseudo-label counts."""
+    fake_run(out, run_id, method, seed, accuracy, dataset="conll2003")
+    d = out / run_id
+    config = json.loads((d / "config.json").read_text())
+    config["dataset"]["labeled_size"] = 50
+    (d / "config.json").write_text(json.dumps(config))
+    records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    (d / "metrics.jsonl").write_text("".join(json.dumps({**r, "test_entity_f1": f1 * r["step"] / 10, "val_entity_f1": f1 * r["step"] / 10})
+                                             + "\n" for r in records))
+    result = json.loads((d / "result.json").read_text())
+    per_type = {kind: {"precision": f1 + (0.1 if kind == "PER" else 0), "recall": f1, "f1": f1 + (0.1 if kind == "PER" else 0),
+                       "support": 100 + i} for i, kind in enumerate(TYPES)}
+    result.update(task="token", label_names=TAGS, test_entity_f1=f1, test_entity_f1_best_val=f1 + 0.01, test_entity_per_type=per_type,
+                  test_token_accuracy=accuracy, labeled_size=50,
+                  pseudo_label_per_class=None if method == "supervised" else
+                  {"selected": [50, 10, 4, 0, 0, 0, 0, 0, 0], "correct": [45, 5, 4, 0, 0, 0, 0, 0, 0], "gold": [60, 8, 4, 3, 0, 0, 0, 0, 0]})
+    (d / "result.json").write_text(json.dumps(result))
+
+
+@pytest.fixture
+def token_runs(tmp_path):
+    """supervised, fixmatch and pseudolabel × 3 seeds on CoNLL-2003, where token accuracy and entity F1
+    disagree: fixmatch has the best entity F1 (+0.103 over supervised) and the worst token accuracy."""
+    out = tmp_path / "ner"
+    for seed in range(3):
+        for i, (method, f1, accuracy) in enumerate((("supervised", 0.40, 0.90), ("fixmatch", 0.50, 0.80), ("pseudolabel", 0.41, 0.95))):
+            fake_token_run(out, f"{i}{seed:011x}", method, seed, f1 + (0.01 + 0.003 * i) * seed, accuracy + 0.005 * seed)
+    return out
+
+
+def test_token_groups_are_ranked_and_compared_on_entity_f1(token_runs, tmp_path):
+    render_report([token_runs], tmp_path / "r")
+    md = _md(tmp_path / "r" / "index.md")
+    board = md[md.index("## Leaderboard"):md.index("## Paired comparisons")]
+    assert "best on validation* there is the evaluation with the highest *validation entity F1*" in board
+    assert ("| cell | seeds | entity F1, last | 95% CI, last | token accuracy, last | entity F1, best on val | 95% CI, best on val | "
+            "token accuracy, best on val |") in board
+    rows = [line for line in board.splitlines() if line.startswith(("| fixmatch |", "| supervised |", "| pseudolabel |"))]
+    assert [r.split(" | ")[0] for r in rows[:3]] == ["| fixmatch", "| pseudolabel", "| supervised"]  # by entity F1, not accuracy
+    assert rows[0].startswith("| fixmatch | 3 | 0.5130 ± 0.0130 | [0.4807, 0.5453] | 0.8050 ± 0.0050 | 0.5230 ± 0.0130 |")
+    # the per-type table: precision, recall, F1 by type, mean over seeds
+    assert "| cell | type | seeds | precision | recall | F1 | support |" in board
+    assert "| fixmatch | PER | 3 | 0.6130 | 0.5130 | 0.6130 ± 0.0130 | 103 |" in board
+    assert "| supervised | LOC | 3 | 0.4100 | 0.4100 | 0.4100 ± 0.0100 | 100 |" in board
+    # comparisons on entity F1: fixmatch is better by 10.3 points although its token accuracy is 10 points lower
+    comparisons = {(r["cell"], r["checkpoint"]): r for r in _csv(tmp_path / "r" / "comparisons.csv")}
+    assert comparisons[("fixmatch", "last")]["metric"] == "entity_f1"
+    assert float(comparisons[("fixmatch", "last")]["mean_diff"]) == pytest.approx(0.103)
+    assert comparisons[("fixmatch", "last")]["verdict"] == "better"
+    assert float(comparisons[("pseudolabel", "best on validation")]["mean_diff"]) == pytest.approx(0.016)
+    assert "on test accuracy (entity F1 in the token-classification groups: conll2003 · 50 labeled sentences)" in md
+    assert "**conll2003 · 50 labeled sentences**, last checkpoint, vs supervised, on entity F1" in md
+    # ranks: by entity F1 in each seed
+    across = md[md.index("## Across datasets"):md.index("## Ablation effects")]
+    assert "ranked by mean test accuracy (entity F1 in the token-classification groups" in across
+    assert "| fixmatch | 1.00 |" in across and "| pseudolabel | 2.00 |" in across and "| supervised | 3.00 |" in across
+    # per-tag pseudo-labels, named by the tags
+    assert "Pseudo-labels per tag over the whole run" in md
+    assert "| cell | O | B-PER | I-PER | B-ORG |" in md and "| fixmatch | 0.90 / 0.75 | 0.50 / 0.62 | 1.00 / 1.00 | – / 0.00 |" in md
+    # summary.csv: entity F1 first, with the budget in labeled sentences
+    summary = {(r["cell"], r["checkpoint"], r["metric"]): r for r in _csv(tmp_path / "r" / "summary.csv")}
+    fixmatch = summary[("fixmatch", "best on validation", "entity_f1")]
+    assert float(fixmatch["mean"]) == pytest.approx(0.523) and fixmatch["labeled_size"] == "50" and fixmatch["labels_per_class"] == ""
+    assert float(summary[("fixmatch", "last", "accuracy")]["mean"]) == pytest.approx(0.805)
+    cost = md[md.index("## Cost"):md.index("## Provenance")]
+    assert "| fixmatch |" in cost and "+10.30" in cost  # gain in entity F1 points
+
+
+def test_a_report_of_sentence_and_token_groups_keeps_each_groups_metric(token_runs, synthetic, tmp_path):
+    render_report([synthetic], tmp_path / "sentence")
+    render_report([synthetic, token_runs], tmp_path / "both")
+    comparisons = _csv(tmp_path / "both" / "comparisons.csv")
+    alone = {(r["cell"], r["checkpoint"]): r for r in _csv(tmp_path / "sentence" / "comparisons.csv")}
+    for row in comparisons:
+        if row["group"].startswith("trec"):  # the sentence group: accuracy, the numbers of its own report
+            assert row["metric"] == "accuracy" and row["mean_diff"] == alone[(row["cell"], row["checkpoint"])]["mean_diff"]
+        else:
+            assert row["metric"] == "entity_f1"
+    assert "metric" not in _csv(tmp_path / "sentence" / "comparisons.csv")[0]  # sentence-only reports keep their columns
+    md = _md(tmp_path / "both" / "index.md")
+    assert "| cell | seeds | accuracy, last |" in md and "| cell | seeds | entity F1, last |" in md
+    assert "Blocks: 2 datasets and label budgets" in md
+
+
+def test_testbed_results_shows_entity_f1_for_token_runs(token_runs):
+    listing = CliRunner().invoke(main, ["results", str(token_runs)])
+    assert listing.exit_code == 0, listing.output
+    header, *lines = (line.split() for line in listing.output.splitlines())
+    fixmatch = next(line for line in lines if line[2:4] == ["fixmatch", "1"])
+    assert fixmatch[header.index("test_entity_f1")] == "0.5130" and fixmatch[header.index("test_entity_f1_best_val")] == "0.5230"
+    assert fixmatch[header.index("test_accuracy")] == "0.8050"  # per token
+
+
 def test_group_by_and_unknown_key(synthetic, tmp_path):
     result = CliRunner().invoke(main, ["report", str(synthetic), "-o", str(tmp_path / "r"), "--group-by", "nope"])
     assert result.exit_code == 1 and "--group-by 'nope'" in result.output
@@ -664,3 +765,11 @@ def test_the_report_says_which_axes_matter_and_shows_a_teachers_student(tmp_path
         (teacher_runs / f"{seed:012x}" / "result.json").write_text(json.dumps(result))
     md = _md(render_report([teacher_runs], tmp_path / "mt-report") and tmp_path / "mt-report" / "index.md")
     assert "student accuracy" in md and "0.6000 ± 0.0000" in md and "teacher accuracy" not in md
+
+
+def test_pairs_that_all_differ_by_the_same_amount_are_not_called_significant():
+    """Two seeds each 0.8 points apart (a fixed-threshold method that never engaged, differing by a few test
+    examples) make t infinite; that is not evidence of a difference."""
+    result = paired_test([0.332, 0.434], [0.324, 0.426])
+    assert result.p is None and result.test.startswith("not tested") and result.mean_diff == pytest.approx(0.008)
+    assert verdict(result.mean_diff, None) == "not tested"

@@ -123,6 +123,9 @@ def test_leftovers_of_an_unfinished_or_failed_attempt_are_cleaned(registry, tmp_
     assert run_status(tmp_path / "runs", cfg.run_id) == "done"
 
 
+BOOM = "TrainingError: distance 'explode' raised RuntimeError: boom in the distance at step 1."
+
+
 @pytest.fixture
 def exploding(tmp_path):
     plugins = tmp_path / "plugins"
@@ -134,12 +137,13 @@ def exploding(tmp_path):
 def test_a_crashing_run_leaves_error_json_and_no_result(tmp_path, exploding):
     reg = load_plugins(plugins_dirs=[exploding])
     cfg = resolve(parse_overrides([*FAST, "method=fixmatch", "distance=explode"]), reg)
-    with pytest.raises(RuntimeError, match="boom in the distance"):
+    with pytest.raises(UserError, match="distance 'explode' raised RuntimeError: boom in the distance at step 1") as info:
         execute(cfg, reg, tmp_path / "runs", progress=False)
+    assert isinstance(info.value.__cause__, RuntimeError)  # the plugin's own exception, with its traceback
     run_dir = tmp_path / "runs" / cfg.run_id
     assert not (run_dir / "result.json").exists()
     error = json.loads((run_dir / "error.json").read_text())
-    assert error["error"] == "RuntimeError: boom in the distance" and "Traceback" in error["traceback"]
+    assert error["error"].startswith(BOOM) and "RuntimeError: boom in the distance" in error["traceback"]
     assert "cell" not in error and run_status(tmp_path / "runs", cfg.run_id) == "failed"
 
 
@@ -152,10 +156,10 @@ def test_a_failing_grid_cell_writes_error_json_once_with_the_traceback(tmp_path,
     out = tmp_path / "runs"
     outcome = run_cell(Task(index=1, run_id=cfg.run_id, user=user, out_dir=str(out), label="distance.name=explode",
                             plugins_dirs=(str(exploding),)))
-    assert outcome["status"] == "failed" and outcome["error"] == "RuntimeError: boom in the distance"
+    assert outcome["status"] == "failed" and outcome["error"].startswith(BOOM)
     assert writes == ["config.json", "error.json"]
     error = json.loads((out / cfg.run_id / "error.json").read_text())
-    assert error["cell"] == "distance.name=explode" and error["error"] == "RuntimeError: boom in the distance"
+    assert error["cell"] == "distance.name=explode" and error["error"].startswith(BOOM)
     assert "Traceback" in error["traceback"] and "boom in the distance" in error["traceback"]
 
 
