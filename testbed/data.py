@@ -148,15 +148,7 @@ def rows_to_texts(rows: list[dict], label_names: list, where: str, text_column: 
         if text_column not in row or label_column not in row:
             raise UserError(f"{where}, row {number}: needs columns {text_column!r} and {label_column!r}, has {sorted(row)}. "
                             "Set dataset.text_column / dataset.label_column if yours are named differently.")
-        label = row[label_column]
-        if isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < len(label_names):
-            labels.append(int(label))
-        elif isinstance(label, str) and label in index:
-            labels.append(index[label])
-        else:
-            raise UserError(f"{where}, row {number}: label {label!r} is not one of the {len(label_names)} classes "
-                            f"(integers 0..{len(label_names) - 1} or names {label_names[:6]}{'...' if len(label_names) > 6 else ''}). "
-                            "Fix the row or the dataset's labels.json.")
+        labels.append(label_id(row[label_column], index, label_names, f"{where}, row {number}", "label", "classes"))
         text = row[text_column]
         text = "" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text)
         check_length(text, where, number)
@@ -168,6 +160,17 @@ def rows_to_texts(rows: list[dict], label_names: list, where: str, text_column: 
                         f"{', '.join(map(str, empty[:5]))}{', ...' if len(empty) > 5 else ''}): there is nothing to classify. "
                         "Remove those rows or fill in their text.")
     return Texts(texts=texts, labels=np.asarray(labels, dtype=np.int64))
+
+
+def label_id(label, index: dict[str, int], label_names: list[str], where: str, what: str, plural: str) -> int:
+    """A class (or tag) given as its index or its name -> its index; anything else is the row's error."""
+    if isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < len(label_names):
+        return int(label)
+    if isinstance(label, str) and label in index:
+        return index[label]
+    raise UserError(f"{where}: {what} {label!r} is not one of the {len(label_names)} {plural} "
+                    f"(integers 0..{len(label_names) - 1} or names {label_names[:6]}{'...' if len(label_names) > 6 else ''}). "
+                    "Fix the row or the dataset's labels.json.")
 
 
 def check_length(text: str, where: str, number: int) -> None:
@@ -229,16 +232,7 @@ def rows_to_tokens(rows: list[dict], label_names: list, where: str) -> Texts:
         if all(type(label) is int and 0 <= label < len(label_names) for label in labels):
             ids = labels
         else:
-            ids = []
-            for label in labels:
-                if isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < len(label_names):
-                    ids.append(int(label))
-                elif isinstance(label, str) and label in index:
-                    ids.append(index[label])
-                else:
-                    raise UserError(f"{where}, row {number}: tag {label!r} is not one of the {len(label_names)} tags "
-                                    f"(integers 0..{len(label_names) - 1} or names {label_names[:6]}"
-                                    f"{'...' if len(label_names) > 6 else ''}). Fix the row or the dataset's labels.json.")
+            ids = [label_id(label, index, label_names, f"{where}, row {number}", "tag", "tags") for label in labels]
         texts.append(text)
         tags.append(np.asarray(ids, dtype=np.int64))
     return Texts(texts=texts, labels=np.full(len(texts), -1, dtype=np.int64), tags=tags)
