@@ -8,6 +8,11 @@ specs, checked by the config like ``augmentation.strong`` itself::
 
 Every step gets its own per-text seeds derived from the text's seed, so a view still depends
 only on the text, its seed and the spec.
+
+Tagged examples (``augmentation.labeled`` of a token task) pass through a composition made only of
+augmentations that serve them (keep every word in place, or rewrite the tags: ``mention_replace``),
+with the same draws as plain texts: ``{name = "one_of", choices = ["identity", "mention_replace"]}``
+replaces mentions in half the draws. A composition with one part that needs gold tags needs them too.
 """
 
 from __future__ import annotations
@@ -33,6 +38,27 @@ def apply_grouped(augments, choice: np.ndarray, texts: list[str], seeds: np.ndar
     return out
 
 
+def apply_grouped_tagged(augments, choice: np.ndarray, texts: list[str], tags: list, seeds: np.ndarray, salt: int):
+    """``apply_grouped`` for tagged examples: (views, their tags), with the same seeds per text."""
+    out, out_tags = list(texts), list(tags)
+    for k, augment in enumerate(augments):
+        members = np.flatnonzero(choice == k)
+        if len(members):
+            views, new = augment.tagged([texts[i] for i in members], [tags[i] for i in members],
+                                        derive_seeds(seeds[members], salt + k))
+            for i, view, tag in zip(members.tolist(), views, new):
+                out[i], out_tags[i] = view, tag
+    return out, out_tags
+
+
+def composed(augment, tagged, parts) -> Augmenter:
+    """A composition's augmenter: it keeps words when every part does, passes tagged examples through
+    (``tagged``) when every part serves them, and needs gold tags when any part does."""
+    serve = all(getattr(part, "serves_tags", getattr(part, "keeps_words", False)) for part in parts)
+    return Augmenter(augment, keeps_words=_all_keep_words(parts), tagged=tagged if serve else None,
+                     needs_tags=any(getattr(part, "needs_tags", False) for part in parts))
+
+
 @dataclass(frozen=True)
 class SequenceOptions:
     steps: list[AugmentationSpec] = field(default_factory=list)  # applied in order
@@ -50,7 +76,12 @@ def sequence(options: SequenceOptions, context):
             texts = step(texts, derive_seeds(seeds, 1 + k))
         return texts
 
-    return Augmenter(augment, keeps_words=_all_keep_words(steps))
+    def augment_tagged(texts, tags, seeds):
+        for k, step in enumerate(steps):
+            texts, tags = step.tagged(texts, tags, derive_seeds(seeds, 1 + k))
+        return texts, tags
+
+    return composed(augment, augment_tagged, steps)
 
 
 def _all_keep_words(augments) -> bool:
@@ -76,11 +107,17 @@ def one_of(options: OneOfOptions, context):
     weights = np.asarray(options.weights or [1.0] * len(choices), dtype=float)
     edges = np.cumsum(weights / weights.sum())[:-1]
 
-    def augment(texts, seeds):
-        u, _ = uniforms(seeds, [1] * len(texts), salt=6)
-        return apply_grouped(choices, np.searchsorted(edges, u, side="right"), texts, seeds, salt=1)
+    def choose(seeds):
+        u, _ = uniforms(seeds, [1] * len(seeds), salt=6)
+        return np.searchsorted(edges, u, side="right")
 
-    return Augmenter(augment, keeps_words=_all_keep_words(choices))
+    def augment(texts, seeds):
+        return apply_grouped(choices, choose(seeds), texts, seeds, salt=1)
+
+    def augment_tagged(texts, tags, seeds):
+        return apply_grouped_tagged(choices, choose(seeds), texts, tags, seeds, salt=1)
+
+    return composed(augment, augment_tagged, choices)
 
 
 DEFAULT_OPS = ["word_delete", "word_swap", {"name": "word_mask", "span": 2.0}, "token_dropout", "token_mask"]
@@ -110,14 +147,23 @@ def randaugment(options: RandAugmentOptions, context):
         ops.append(context.build(spec))
     n = options.n
 
+    def draw_order(seeds):
+        u, _ = uniforms(seeds, [len(ops)] * len(seeds), salt=7)
+        return np.argsort(np.asarray(u).reshape(len(seeds), len(ops)), axis=1, kind="stable")[:, :n]
+
     def augment(texts, seeds):
-        u, starts = uniforms(seeds, [len(ops)] * len(texts), salt=7)
-        order = np.argsort(np.asarray(u).reshape(len(texts), len(ops)), axis=1, kind="stable")[:, :n]
+        order = draw_order(seeds)
         for position in range(n):
             texts = apply_grouped(ops, order[:, position], texts, seeds, salt=100 * (position + 1))
         return texts
 
-    return Augmenter(augment, keeps_words=_all_keep_words(ops))
+    def augment_tagged(texts, tags, seeds):
+        order = draw_order(seeds)
+        for position in range(n):
+            texts, tags = apply_grouped_tagged(ops, order[:, position], texts, tags, seeds, salt=100 * (position + 1))
+        return texts, tags
+
+    return composed(augment, augment_tagged, ops)
 
 
 @hookimpl

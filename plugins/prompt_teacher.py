@@ -279,7 +279,7 @@ class PromptTeacher(BaseTeacher):
         task = getattr(context, "task", None)
         if task is not None and task.head != "sequence":
             raise UserError("teacher 'prompt' does not do token classification yet (it scores one class word per text); "
-                            "token tasks take the teachers self, ema and snapshot.")
+                            "token tasks take the teachers self, ema, snapshot, model and cotrain.")
         self.options = options
         self.device = torch.device(getattr(context, "device", "cpu") or "cpu")
         self.model, self.tokenizer, fingerprint = load_causal_lm(options.model, str(self.device))

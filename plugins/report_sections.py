@@ -88,6 +88,17 @@ def _runs(results, group: str):
 # --------------------------------------------------------------------------- not included
 
 
+def findings_section(results, context) -> ReportSection:
+    lines = context.findings()
+    blocks = ("\n".join(f"- {line}" for line in lines),) if lines else ("No finished runs to compare yet.",)
+    note = (f"Last checkpoint; the leader is the highest mean, and *better*/*worse* are the paired comparisons against "
+            f"the baseline below at α = {ALPHA} after Holm's correction.")
+    # the grid files `testbed grid` kept in the runs directories: what was run, with the commands in their comments
+    grids = [ReportDetails(summary=f"grid file {p.name} ({p.parent})", text=p.read_text(encoding="utf-8", errors="replace"))
+             for p in sorted(p for d in context.runs_dirs for p in Path(d).glob("*.toml"))]
+    return ReportSection(name="findings", title="Findings", blocks=(*blocks, note, *grids), order=1)
+
+
 def runs_section(results, context) -> ReportSection:
     import pandas as pd
 
@@ -587,7 +598,7 @@ def provenance_section(results, context) -> ReportSection:
     return ReportSection(name="provenance", title="Provenance", blocks=tuple(blocks), order=100)
 
 
-SECTIONS = (runs_section, leaderboard_section, comparisons_section, across_section, ablation_section, dynamics_section,
+SECTIONS = (findings_section, runs_section, leaderboard_section, comparisons_section, across_section, ablation_section, dynamics_section,
             calibration_section, cost_section, provenance_section)
 
 

@@ -169,14 +169,6 @@ def _load_or_error(context, name: str, teacher: str):
     return context.load_backbone(name)
 
 
-def sentence_only(context, teacher: str) -> None:
-    """Teachers that train or prompt a model of their own score texts, not words: token tasks are refused."""
-    task = getattr(context, "task", None)
-    if task is not None and task.head != "sequence":
-        raise UserError(f"teacher {teacher!r} does not do token classification yet (it trains or asks a model of its own per "
-                        "text); token tasks take the teachers self, ema and snapshot.")
-
-
 def _check_training_options(options) -> None:
     """The options of teachers that train a model of their own."""
     if options.lr <= 0:
@@ -511,10 +503,16 @@ class CotrainTeacher(BaseTeacher):
     view-difference term (adversarial examples) and JS agreement loss are not implemented here
     (``distance.name=js`` gives the student side of the latter). Cost per step: one peer
     forward/backward and one extra student forward.
+
+    Token tasks (NER): the same per word. The peer's step is CE on the labeled batch's words plus CE
+    on the remembered batch's words where the student is confident, normalised by all of its words;
+    a peer of another backbone encodes the words itself, and the two models' probabilities meet at
+    each other's positions of the same words (a word one of them cut off is uniform: never selected).
     """
 
     def __init__(self, options: CotrainOptions, context):
-        sentence_only(context, "cotrain")
+        task = getattr(context, "task", None)
+        self.task = task if task is not None and task.head == "token" else None  # per-word pseudo-labels
         student = context.student
         self.labeled = _labeled_or_error(context, "cotrain")
         self.threshold, self.batch_size = options.threshold, options.batch_size
@@ -524,7 +522,11 @@ class CotrainTeacher(BaseTeacher):
             if options.backbone:
                 self.peer, tokenizer = _load_or_error(context, options.backbone, "cotrain")
                 self.peer.to(context.device)  # where the student is: its probabilities meet the student's logits
-                self.tokens, self.own_tokens = _own_tokenizer(tokenizer, options.max_length, context.device), True
+                self.own_tokens = True
+                if self.task is None:
+                    self.tokens = _own_tokenizer(tokenizer, options.max_length, context.device)
+                else:
+                    self.tokens = lambda texts: self.task.encode(tokenizer, texts, options.max_length).to(context.device)
             else:
                 if context.tokenize is None:
                     raise UserError("teacher 'cotrain' with a copy of the student needs the student's tokenizer "
@@ -546,9 +548,12 @@ class CotrainTeacher(BaseTeacher):
     def probs(self, batch, stochastic=False):
         self.remembered = batch
         inputs = self.tokens(batch.texts) if self.own_tokens else batch.inputs
-        return _probabilities(self.peer, inputs, stochastic)
+        probs = _probabilities(self.peer, inputs, stochastic)
+        return in_student_positions(probs, inputs.words, batch.inputs.words) if self.task and self.own_tokens else probs
 
     def update(self, student, step, training):
+        if self.task is not None:
+            return self._update_words(student)
         idx = self.batches.next()
         texts, targets = [self.labeled.texts[i] for i in idx], [self.labels[idx]]
         unlabeled = 0
@@ -565,6 +570,35 @@ class CotrainTeacher(BaseTeacher):
             per_example = F.cross_entropy(peer(**self.tokens(texts)).logits, torch.cat(targets), reduction="none")
             n = len(idx)
             loss = per_example[:n].mean() + (per_example[n:].sum() / unlabeled if unlabeled else 0.0)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        self.optimizer.step()
+        self.peer.eval()
+
+    def _update_words(self, student):
+        """Token tasks: the peer's step on the labeled words plus the student's confident words of the
+        remembered batch, normalised by all of that batch's words (FixMatch's normalisation per word)."""
+        idx = self.batches.next()
+        labeled = self.tokens([self.labeled.texts[i] for i in idx])
+        tags = torch.as_tensor(self.task.labels(self.labeled, idx, labeled), dtype=torch.long, device=_device(self.peer))
+        targets = None
+        if self.remembered is not None:  # None when λ(step) = 0 and no unlabeled batch was drawn
+            was_training = student.training
+            student_probs = _probabilities(student, self.remembered.inputs, False)
+            student.train(was_training)  # _probabilities leaves models in eval mode
+            unlabeled = self.tokens(self.remembered.texts) if self.own_tokens else self.remembered.inputs
+            if self.own_tokens:  # the student's words at the peer's positions; a word the student cut off is uniform
+                student_probs = in_student_positions(student_probs, self.remembered.inputs.words, unlabeled.words)
+            confidence, label = self.task.rows(student_probs, unlabeled).max(-1)
+            targets, self.remembered = (unlabeled, confidence >= self.threshold, label), None
+            self.pseudo_labels = int(targets[1].sum())
+        self.peer.train()
+        with _running(self.peer) as peer:  # backward too: gradient checkpointing reruns the peer's forward there
+            loss = F.cross_entropy(self.task.rows(peer(**labeled).logits, labeled), tags)
+            if targets is not None:
+                unlabeled, keep, label = targets
+                per_word = F.cross_entropy(self.task.rows(peer(**unlabeled).logits, unlabeled), label, reduction="none")
+                loss = loss + (per_word * keep).sum() / max(len(keep), 1)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         self.optimizer.step()

@@ -14,6 +14,7 @@ from testbed.data import (
     load_dataset_files,
     read_rows,
     rows_to_texts,
+    splits_from_rows,
 )
 from testbed.errors import UserError
 from testbed.hookspecs import hookimpl
@@ -98,6 +99,7 @@ __all__ = [
     "accuracy_and_macro_f1", "autocast", "to_device",
     # datasets and local data
     "DATA_DIR_ENV", "SUFFIXES", "data_dir", "infer_label_names", "load_dataset_dir", "load_dataset_files", "read_rows", "rows_to_texts",
+    "splits_from_rows",
     # caches (one content-addressed store) and outputs
     "CacheEntry", "cache_dir", "flatten", "git_commit", "refuse_shared_data", "store_dir", "text_digests",
     "weights_fingerprint",

@@ -75,6 +75,7 @@ def run(ctx, args, out_dir, force, quiet):
       testbed run examples/demo.toml method=supervised seed=1
     """
     from testbed.config import load_toml, merge, parse_overrides, resolve
+    from testbed.results import dataset_name
     from testbed.runs import execute
 
     files = [a for a in args if "=" not in a]
@@ -87,7 +88,7 @@ def run(ctx, args, out_dir, force, quiet):
     run_dir, result, ran = execute(cfg, reg, out_dir, force=force, progress=not quiet)
     status = "finished" if ran else "already finished (use --force to rerun)"
     tokens = "test_token_accuracy" in result  # a token task: accuracy and pseudo-labels count words
-    click.echo(f"{cfg.method} on {cfg.dataset.name} (seed {cfg.seed}): {status}\n"
+    click.echo(f"{cfg.method} on {dataset_name(cfg.resolved)} (seed {cfg.seed}): {status}\n"
                f"  test {'token ' if tokens else ''}accuracy {result['test_accuracy']:.4f} (last), "
                f"{_fmt(result['test_accuracy_best_val'])} (best on validation), "
                f"macro-F1 {result['test_macro_f1']:.4f}, {result['wall_seconds']:.0f} s\n"
@@ -105,8 +106,9 @@ def _fmt(value, spec: str = ".4f") -> str:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="A JSON list: [{name, source, provides: {kind: [names]}}].")
+@click.option("-v", "--verbose", is_flag=True, help="Each record on its own line with its summary.")
 @click.pass_context
-def plugins(ctx, as_json):
+def plugins(ctx, as_json, verbose):
     """List loaded plugins and what each provides."""
     reg = registry(ctx)
     rows = [{"name": p.name, "source": p.source, "provides": p.provides} for p in reg.plugins]
@@ -116,7 +118,11 @@ def plugins(ctx, as_json):
     for row in rows:
         click.echo(f"{row['name']}  ({row['source']})")
         for kind, names in row["provides"].items():
-            click.echo(f"  {kind:<13} {', '.join(names)}")
+            if verbose:
+                for name in names:
+                    click.echo(f"  {kind:<13} {name}: {reg.records[kind][name][0].summary}")
+            else:
+                click.echo(f"  {kind:<13} {', '.join(names)}")
     for name, error in reg.failures:
         click.echo(f"{name}  SKIPPED: {error}")
 
@@ -161,7 +167,7 @@ def datasets(ctx, as_json):
         if dataclasses.fields(record.options):
             continue  # needs options (a path, a hub id): nothing to list without them
         try:
-            data = record.factory(record.options(), DatasetContext(data_dir=data_dir()))
+            data = record.factory(record.options(), DatasetContext(data_dir=data_dir(), download=False))
         except UserError as exc:
             rows.append({"name": name, "error": str(exc)})
             continue

@@ -1,7 +1,7 @@
 """Run configuration: TOML file + dotted ``key=value`` overrides + the method's preset.
 
 Precedence: built-in defaults < preset (``method``) < TOML file < command-line overrides.
-A seam (teacher, selector, distance, schedule, augmentation.weak/strong) is a table with a
+A seam (teacher, selector, distance, schedule, augmentation.weak/strong/labeled) is a table with a
 ``name`` and that strategy's options; when the user picks a different ``name`` than the
 preset, the preset's options for that seam are dropped because they belong to another
 strategy. Every key is checked: an unknown key is an error listing the valid keys nearby.
@@ -39,6 +39,8 @@ class DatasetConfig:
     labeled_size: int = 0
     validation_size: int = VALIDATION_SIZE  # token tasks: validation sentences, a seeded sample of dev (else of train); 0 = none
     task: str = ""  # a task name (`testbed plugins`); "" = as the dataset's rows say: sentence, or token for words + tags
+    # the dataset's name in result.json and reports; "" = its own (a path's directory or file stem; testbed.results.dataset_name)
+    label: str = ""
 
     def __post_init__(self):
         for key in ("validation_per_class", "unlabeled_limit", "test_limit", "labeled_size", "validation_size"):
@@ -116,6 +118,7 @@ CHOICES = {
     "backbone": "backbone",
     "augmentation.weak": "augmentation",
     "augmentation.strong": "augmentation",
+    "augmentation.labeled": "augmentation",  # the labeled batch's own augmentation (a token task's keeps each word's tag)
     "teacher": "teacher",
     "selector": "selector",
     "distance": "distance",
@@ -126,7 +129,7 @@ CHOICES = {
 DEFAULTS: dict[str, Any] = {
     "method": "supervised",
     "seed": 0,
-    "augmentation": {"weak": {"name": "identity"}, "strong": {"name": "identity"}},
+    "augmentation": {"weak": {"name": "identity"}, "strong": {"name": "identity"}, "labeled": {"name": "identity"}},
     "teacher": {"name": "self"},
     "selector": {"name": "none"},
     "distance": {"name": "ce"},
@@ -143,7 +146,9 @@ IN_RUN_ID_UNLESS = {("train", "device"): "auto", ("train", "precision"): "fp32",
                     ("selector", "per_class"): "count",  # topk's rule before CBST's "proportion" was added
                     ("dataset", "labeled_size"): 0, ("dataset", "validation_size"): VALIDATION_SIZE, ("dataset", "task"): "",
                     ("train", "selection"): "row",  # added with token tasks
-                    ("dataset", "test_fraction"): 0.0}  # the files dataset's split of one labelled file
+                    ("augmentation", "labeled"): {"name": "identity"},  # added with NER augmentations of the labeled batch
+                    ("dataset", "test_fraction"): 0.0,  # the files dataset's split of one labelled file
+                    ("dataset", "label"): ""}  # the dataset's name in reports
 
 
 @dataclass(frozen=True)
@@ -421,13 +426,14 @@ def _reject_unknown_sections(merged: dict) -> None:
     valid = {"method", "seed", *CORE_SECTIONS, "augmentation", *CHOICES}
     for key in merged:
         if key not in valid:
-            raise UserError(f"Unknown config key {key!r}. {did_you_mean(key, valid - {'augmentation.weak', 'augmentation.strong'}, 'top-level keys')}")
+            raise UserError(f"Unknown config key {key!r}. {did_you_mean(key, {k for k in valid if not k.startswith('augmentation.')}, 'top-level keys')}")
     aug = merged.get("augmentation")
+    roles = [path.partition(".")[2] for path in CHOICES if path.startswith("augmentation.")]
     if not isinstance(aug, dict):
-        raise UserError("Config key 'augmentation' must be a table with 'weak' and 'strong'.")
+        raise UserError(f"Config key 'augmentation' must be a table with {', '.join(map(repr, roles))}.")
     for key in aug:
-        if key not in ("weak", "strong"):
-            raise UserError(f"Unknown config key 'augmentation.{key}'. {did_you_mean(key, ['weak', 'strong'], 'keys of augmentation')}")
+        if key not in roles:
+            raise UserError(f"Unknown config key 'augmentation.{key}'. {did_you_mean(key, roles, 'keys of augmentation')}")
     for path in CHOICES:
         value = get_dotted(merged, path)
         if value is not None and not isinstance(value, dict):

@@ -338,6 +338,29 @@ def load_dataset_files(train: Path, test: Path | None, dev: Path | None = None, 
                          unlabeled=extra)
 
 
+def splits_from_rows(splits: dict[str, list[dict]], label_names: list, where: str, *, allow_empty: bool = False) -> DatasetSplits:
+    """A dataset from rows already in memory, in the layout of the files (e.g. converted from the Hugging
+    Face hub), checked as files are: ``splits`` holds ``train`` and ``test`` (+ ``dev``, ``unlabeled``)
+    rows with ``text`` and ``label`` (or ``tokens`` and ``tags``; unlabeled rows need only a text);
+    ``where`` names the source in errors; ``allow_empty`` keeps an empty labelled text as ""."""
+    missing = [split for split in ("train", "test") if not splits.get(split)]
+    if missing:
+        raise UserError(f"{where} has no {' and no '.join(missing)} rows: a dataset needs train and test splits.")
+    tokens = is_token_rows(splits["train"])
+
+    def convert(split: str) -> Texts:
+        rows, place = splits[split], f"{where} [{split}]"
+        check_unique_ids(rows, place)
+        if tokens:
+            return rows_to_tokens(rows, label_names, place)
+        return rows_to_texts(rows, label_names, place, allow_empty=allow_empty)
+
+    unlabeled = [unlabeled_text(row, "text", f"{where} [unlabeled]", number)
+                 for number, row in enumerate(splits.get("unlabeled") or (), 1)]
+    return DatasetSplits(label_names=[str(n) for n in label_names], train=convert("train"), test=convert("test"),
+                         dev=convert("dev") if splits.get("dev") else None, unlabeled=unlabeled)
+
+
 def split_test(texts: Texts, fraction: float, seed: int, where: str) -> tuple[Texts, Texts]:
     """(train, test): ``fraction`` of ``texts`` as a test set, seeded by ``seed``; stratified by class
     (largest remainders) for sentence rows, a random sample for token rows."""

@@ -62,7 +62,8 @@ hookimpl = pluggy.HookimplMarker("testbed")
 
 @hookspec
 def testbed_augmentations() -> Iterable[Augmentation]:
-    """Text augmentations for ``augmentation.weak`` / ``augmentation.strong``. Example::
+    """Text augmentations for ``augmentation.weak`` / ``augmentation.strong`` / ``augmentation.labeled`` (the labeled
+    batch; tag-aware augmenters, ``Augmenter(tagged=...)``, rewrite a token task's tags with its words). Example::
 
         @hookimpl
         def testbed_augmentations():

@@ -46,7 +46,7 @@ from testbed.types import (
     TextBatch,
     Training,
 )
-from testbed.views import Views, open_views
+from testbed.views import LabeledViews, Views, open_labeled_views, open_views
 
 
 @dataclass
@@ -64,6 +64,7 @@ class Parts:
     regulariser: BaseRegulariser | None = None  # batch-level loss terms added to the objective; None = none
     task: BaseTask | None = None  # what the dataset's rows chose (sentence or token classification); None = sentence
     task_name: str = "sentence"
+    labeled_views: LabeledViews | None = None  # augmentation.labeled; None (identity): the labeled examples as they are
 
 
 def backbone_context(registry, num_labels: int, head: str = "sequence") -> BackboneContext:
@@ -114,6 +115,7 @@ def prepare(cfg: RunConfig, registry=None) -> Parts:
     task = task_record.factory(task_record.options(), TaskContext(label_names=tuple(split.label_names), pool_texts=split.pool_texts))
     aligned = f"task {task_record.name!r} of dataset {cfg.dataset.name!r}" if task_record.aligned_view is not None else None
     views = open_views(cfg, split.pool_texts, registry, aligned=aligned)  # before any model: a refused augmentation costs none
+    labeled_views = open_labeled_views(cfg, split.labeled, split.label_names, registry, task=aligned or f"task {task_record.name!r}")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)  # the classifier head's initialisation
@@ -128,6 +130,7 @@ def prepare(cfg: RunConfig, registry=None) -> Parts:
                      tokenize=lambda texts: to_device(task.encode(tokenizer, texts, cfg.backbone.max_length), device), task=task)
     parts = Parts(
         split=split, student=student, tokenizer=tokenizer, views=views, device=device, task=task, task_name=task_record.name,
+        labeled_views=labeled_views,
         teacher=build("teacher", TeacherContext(**vars(ctx), student=student)),
         selector=build("selector", ctx), distance=build("distance", ctx), schedule=build("schedule", ctx), tsa=build("tsa", ctx),
     )
@@ -360,11 +363,13 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
                initial=first - 1, total=t.steps)
     for step in bar:
         idx = labeled.next()
-        inputs = tokens([split.labeled.texts[i] for i in idx])
+        # augmentation.labeled: the batch's views (a token task's with their rewritten tags) and idx's rows in them
+        examples, rows = (split.labeled, idx) if parts.labeled_views is None else parts.labeled_views.draw(idx)
+        inputs = tokens([examples.texts[i] for i in rows])
         with half():
             logits = student(**inputs).logits
         logits = task.rows(logits.float(), inputs)  # [N, C]: the examples, or a token task's words
-        y = torch.as_tensor(task.labels(split.labeled, idx, inputs), device=device)
+        y = torch.as_tensor(task.labels(examples, rows, inputs), device=device)
         per_example = F.cross_entropy(logits, y, reduction="none")
         eta = parts.tsa(step)  # UDA's TSA: drop examples whose correct-class probability exceeds η
         keep = (logits.detach().softmax(-1).gather(1, y[:, None]).squeeze(1) <= eta).float()
@@ -476,6 +481,7 @@ def snapshot(step: int, student, optimizer, lr_schedule, parts: Parts, samplers:
     return {
         "step": step, "student": trained_state(student), "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
         "teacher": parts.teacher.state_dict(), "selector": parts.selector.state_dict(), "views": parts.views.state_dict(),
+        "labeled_views": parts.labeled_views.state_dict() if parts.labeled_views is not None else {},
         "regulariser": parts.regulariser.state_dict() if parts.regulariser is not None else {},
         "samplers": {name: sampler.state_dict() for name, sampler in samplers.items() if sampler is not None},
         "whole_run": whole_run.state_dict(), "rng": torch.get_rng_state(), "device_rng": _device_rng(parts.device), "seconds": seconds,
@@ -514,6 +520,8 @@ def restore(state: dict, student, optimizer, lr_schedule, parts: Parts, samplers
     if parts.regulariser is not None and "regulariser" in state:  # checkpoints written before regularisers have none
         parts.regulariser.load_state_dict(state["regulariser"])
     parts.views.load_state_dict(state["views"])
+    if parts.labeled_views is not None:  # the labeled examples' draw counts: the same views after the resume
+        parts.labeled_views.load_state_dict(state["labeled_views"])
     for name, sampler in samplers.items():
         if sampler is not None:
             sampler.load_state_dict(state["samplers"][name])

@@ -2,7 +2,8 @@
 (plots as PNG files beside it), summary.csv and comparisons.csv, from the run directories alone
 (result.json, metrics.jsonl, predictions.npz; no model is loaded).
 
-A *group* is a dataset and label budget (``dataset.name``, ``dataset.labels_per_class``); a *cell*
+A *group* is a dataset and label budget (the dataset's name, ``testbed.results.dataset_name``: a path's
+directory, or ``dataset.label``; and ``dataset.labels_per_class``); a *cell*
 is what is compared within a group: the config keys that vary across the runs (seed excluded;
 ``--group-by`` chooses them), e.g. the method. Seeds are the replicates. A group's cells are
 ordered, ranked and compared on test accuracy, or, for token-task runs (NER; result.json ``task``
@@ -35,7 +36,8 @@ from testbed.report_stats import format_value, holm, paired_test, summarize, ver
 from testbed.resources import refuse_shared_data
 from testbed.types import ReportContext, ReportDetails, ReportFigure, ReportSection
 
-GROUP_KEYS = ("dataset.name", "dataset.labels_per_class")
+DATASET = "dataset"  # the column of each run's dataset name (testbed.results.dataset_name of its config)
+GROUP_KEYS = (DATASET, "dataset.labels_per_class")
 LABELED_SIZE = "dataset.labeled_size"  # a token task's label budget (labeled sentences), where labels_per_class does not apply
 
 
@@ -106,7 +108,7 @@ def load_report_table(runs_dirs: Sequence[str | Path], group_by: Sequence[str] =
     that every row's id stays unique (``frame.attrs["run_dirs"]`` maps each id to its directory)."""
     import pandas as pd
 
-    from testbed.results import METRICS, results_frame, scan_runs
+    from testbed.results import METRICS, dataset_name, results_frame, scan_runs
 
     runs_dirs, compare_to = [Path(d) for d in runs_dirs], [Path(d) for d in compare_to]
     both = sorted({d.resolve() for d in runs_dirs} & {d.resolve() for d in compare_to})
@@ -143,13 +145,19 @@ def load_report_table(runs_dirs: Sequence[str | Path], group_by: Sequence[str] =
     for key in config_keys:
         frame[key] = frame[key].astype(object).where(frame[key].notna(), None)
     varied = [k for k in config_keys if k != "train.threads" and len({_hashable(v) for v in frame[k]}) > 1]
+    frame[DATASET] = [dataset_name(config or {}) for config in frame["config"]]
+    # the keys that say which data a run read (dataset.name, .path, .label, .hub_id) change with the dataset's name,
+    # so with the group: they name no cell within it (two local datasets are two groups, not two cells of "files")
+    by_dataset = frame.groupby(DATASET)
+    naming = {k for k in varied if k.startswith("dataset.")
+              and by_dataset[k].agg(lambda s: len({_hashable(v) for v in s})).max() <= 1}
     if group_by:
         unknown = [k for k in group_by if k not in config_keys]
         if unknown:
             raise UserError(f"--group-by {unknown[0]!r} is not a config key of these runs; e.g. {', '.join(varied[:5])}.")
         cell_keys = list(group_by)
     else:
-        cell_keys = implied_keys_dropped(frame, [k for k in varied if k not in (*GROUP_KEYS, LABELED_SIZE, "seed")])
+        cell_keys = implied_keys_dropped(frame, [k for k in varied if k not in (*GROUP_KEYS, LABELED_SIZE, "seed", *naming)])
     for key in (*GROUP_KEYS, LABELED_SIZE):
         if key not in frame.columns:
             frame[key] = None
@@ -271,7 +279,7 @@ def leaderboard_rows(frame, context: ReportContext) -> list[dict]:
                 metrics = ((ENTITY_F1, f"test_{ENTITY_F1}{suffix}"),) if token else ()
                 for metric, column in (*metrics, ("accuracy", acc), ("macro_f1", f1)):
                     s = summarize(sub[column].tolist())
-                    rows.append({"dataset": first[GROUP_KEYS[0]], **budget, "cell": cell,
+                    rows.append({"group": group, "dataset": first[GROUP_KEYS[0]], **budget, "cell": cell,
                                  **({"set": first["set"]} if frame.attrs.get("compare") else {}),
                                  "checkpoint": checkpoint, "metric": metric, "n_seeds": s.n, "mean": s.mean, "std": s.std,
                                  "ci95_low": s.ci_low, "ci95_high": s.ci_high})
@@ -432,4 +440,6 @@ def render_report(runs_dirs: Sequence[str | Path], out_dir: str | Path, *, basel
     (out / "index.md").write_text(md, encoding="utf-8")
     (out / "index.html").write_text(page, encoding="utf-8")
     echo(f"{len(frame)} runs ({int((frame.status == 'done').sum())} finished) -> {out / 'index.html'}")
+    for line in context.findings():
+        echo(f"  {line}")
     return out / "index.html"

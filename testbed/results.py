@@ -24,6 +24,29 @@ RUN_ID = re.compile(r"[0-9a-f]{12}")
 SEED = "seed"
 
 
+def dataset_name(config: dict) -> str:
+    """The name a run's dataset goes by in result.json and reports (whose groups it names), from its
+    resolved config: ``dataset.label`` when set; else a dataset read from a path (``dataset.path``) by
+    the path's directory name, or a file's name without its data suffix (``data/reviews`` -> ``reviews``,
+    ``data/all.csv`` -> ``all``), so that two local datasets are two groups; else a hub dataset
+    (``dataset.hub_id``) by its id; else ``dataset.name``. Only the config is read, never the disk: the
+    same run has the same name wherever its report is made."""
+    from testbed.data import SUFFIXES
+
+    dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    if dataset.get("label"):
+        return str(dataset["label"])
+    path = dataset.get("path")
+    if isinstance(path, str) and path.strip():
+        name = Path(path).name  # a trailing "/" is dropped
+        suffix = next((s for s in SUFFIXES if name.endswith(s) and name != s), "")
+        name = name[: len(name) - len(suffix)]
+        return name or path  # "." stays "." (resolving it would name the report's working directory, not the run's)
+    if isinstance(dataset.get("hub_id"), str) and dataset["hub_id"]:
+        return dataset["hub_id"]
+    return str(dataset.get("name", ""))
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))

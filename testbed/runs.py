@@ -40,6 +40,7 @@ from testbed.data import one_line
 from testbed.errors import StorageError, TrainingError, UserError, is_storage_error
 from testbed.loop import prepare, train
 from testbed.resources import git_commit, refuse_shared_data
+from testbed.results import dataset_name
 
 # the commit of the code this process imported: a later commit (or edit) made while a grid's
 # workers run must not be recorded as the code that produced their results
@@ -316,7 +317,7 @@ def _run(cfg: RunConfig, registry, parts, run_dir: Path, progress: bool, cell: s
             trained = train(cfg, parts, on_evaluation=on_evaluation, progress=progress, checkpoint=checkpoint,
                             resume=resume["loop"] if resume else None)
         atomic_write_npz(run_dir / "predictions.npz", trained.predictions)  # test probabilities, for reports
-        result = {"run_id": cfg.run_id, "method": cfg.method, "dataset": cfg.dataset.name, "seed": cfg.seed,
+        result = {"run_id": cfg.run_id, "method": cfg.method, "dataset": dataset_name(cfg.resolved), "seed": cfg.seed,
                   **trained.result, "started_at": started_at, "finished_at": _now(), "testbed_version": __version__, "git_commit": IMPORTED_COMMIT,
                   "machine": {"python": platform.python_version(), "platform": platform.platform(),
                               "cpus": os.cpu_count(), "torch_threads": _torch_threads()}}

@@ -162,6 +162,8 @@ class DatasetContext:
 
     data_dir: Path | None = None  # the local data directory ($TESTBED_DATA, or ../shared/data beside the checkout)
     seed: int = 0  # the run's seed: for a dataset that draws its own split (a test set split off one file)
+    # False: read only what is local, never download (`testbed datasets` lists without fetching every benchmark)
+    download: bool = True
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,21 @@ class Augmenter:
     """What an augmentation's factory returns: ``augmenter(texts, seeds) -> views``, one seed per
     text; a text's view depends only on the text, its seed and the options. Wrap a function
     (``Augmenter(fn)``) or subclass and override ``augment``. It counts ``seen`` texts and
-    ``unchanged`` views (equal to their text: too short, nothing to change)."""
+    ``unchanged`` views (equal to their text: too short, nothing to change).
+
+    Tagged examples (``augmentation.labeled`` of a token task: words joined by single spaces, an int
+    tag per word): ``augmenter.tagged(texts, tags, seeds) -> (views, tags)``. An augmenter that keeps
+    words returns its views with the tags as they were; one that rewrites tags with the words passes
+    ``tagged=fn`` (``fn(texts, tags, seeds) -> (views, tags)``) or overrides ``augment_tagged``, and
+    may read the run's labeled set in ``fit_labeled`` (mention replacement's dictionary). Example, a
+    tagged-only augmentation that reverses the words of sentences without entities::
+
+        def reverse(texts, tags, seeds):
+            plain = [not t.any() for t in tags]  # tag 0 = O here
+            return [" ".join(x.split()[::-1]) if ok else x for x, ok in zip(texts, plain)], tags
+
+        Augmenter(tagged=reverse, needs_tags=True)
+    """
 
     #: changes when data the options only name changes (a model directory, a word list): it joins the view-cache key
     fingerprint: str = ""
@@ -217,20 +233,56 @@ class Augmenter:
     #: True when every view keeps each word (whitespace-separated) in its place: a word is replaced by one word
     #: or kept, never deleted, inserted, moved, split or merged, so each word's tag still applies (token tasks)
     keeps_words: bool = False
+    #: True when it works only on tagged examples (it reads the gold tags: entity mentions, O words, segments):
+    #: never a view of unlabeled texts, only ``augmentation.labeled`` of a token task
+    needs_tags: bool = False
 
     def __init__(self, fn: Callable[[list[str], np.ndarray], list[str]] | None = None, fingerprint: str = "",
-                 passthrough: bool = False, keeps_words: bool = False):
-        self.fn, self.seen, self.unchanged = fn, 0, 0
+                 passthrough: bool = False, keeps_words: bool = False,
+                 tagged: Callable[[list[str], list[np.ndarray], np.ndarray], tuple[list[str], list[np.ndarray]]] | None = None,
+                 needs_tags: bool = False):
+        self.fn, self.tagged_fn, self.seen, self.unchanged = fn, tagged, 0, 0
         self.fingerprint = fingerprint or type(self).fingerprint
         self.passthrough = passthrough or type(self).passthrough
         self.keeps_words = keeps_words or self.passthrough or type(self).keeps_words
+        self.needs_tags = needs_tags or type(self).needs_tags
+
+    @property
+    def tag_aware(self) -> bool:
+        """True when it rewrites the tags with the words (``tagged=`` given or ``augment_tagged`` overridden), so
+        it may move, insert or delete words of a token task's labeled examples."""
+        return self.tagged_fn is not None or type(self).augment_tagged is not Augmenter.augment_tagged
+
+    @property
+    def serves_tags(self) -> bool:
+        """True when ``tagged`` works: its views keep every word in place, or it rewrites the tags."""
+        return self.keeps_words or self.tag_aware
 
     def augment(self, texts: list[str], seeds: np.ndarray) -> list[str]:
+        if self.fn is None:
+            from testbed.errors import UserError
+
+            raise UserError(f"{type(self).__name__} needs gold tags (it augments tagged examples only); use it as "
+                            "augmentation.labeled of a token task, not as a view of plain texts.")
         return self.fn(texts, seeds)
+
+    def augment_tagged(self, texts: list[str], tags: list[np.ndarray], seeds: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
+        """Views of tagged examples and each view's tags, one per word. Default: ``tagged`` when given,
+        else ``augment`` with the tags unchanged (only for an augmenter that keeps words)."""
+        if self.tagged_fn is not None:
+            return self.tagged_fn(texts, tags, seeds)
+        if not self.keeps_words:
+            raise ValueError(f"{type(self).__name__} neither keeps every word in place nor rewrites tags: it cannot augment "
+                             "tagged examples (check Augmenter.serves_tags first)")
+        return self.augment(texts, seeds), list(tags)
 
     def fit(self, texts: list[str]) -> None:
         """Called with the run's unlabeled pool before any view is made (e.g. tf-idf statistics);
         a fitted augmenter sets ``fingerprint`` from what it learned."""
+
+    def fit_labeled(self, texts: list[str], tags: list[np.ndarray], label_names: tuple[str, ...]) -> None:
+        """Called once with the run's labeled set before ``augmentation.labeled`` augments a tagged batch
+        (a token task): texts, each word's tag id, the tag names (mention replacement's dictionary)."""
 
     def __call__(self, texts, seeds) -> list[str]:
         texts = list(texts)
@@ -241,6 +293,22 @@ class Augmenter:
         self.seen += len(texts)
         self.unchanged += sum(1 for a, b in zip(out, texts) if a == b)
         return out
+
+    def tagged(self, texts, tags, seeds) -> tuple[list[str], list[np.ndarray]]:
+        """``augment_tagged`` checked and counted, as ``__call__`` is for ``augment``: (views, their tags)."""
+        texts, seeds = list(texts), np.asarray(seeds)
+        tags = [np.asarray(t, dtype=np.int64) for t in tags]
+        if not len(texts) == len(tags) == len(seeds):
+            raise ValueError(f"tagged() got {len(texts)} texts, {len(tags)} tag arrays and {len(seeds)} seeds; pass one of each per text")
+        if not texts:
+            return [], []
+        views, new = self.augment_tagged(texts, tags, seeds)
+        new = [np.asarray(t, dtype=np.int64) for t in new]
+        if len(views) != len(texts) or len(new) != len(texts):
+            raise ValueError(f"augment_tagged() returned {len(views)} views and {len(new)} tag arrays for {len(texts)} texts")
+        self.seen += len(texts)
+        self.unchanged += sum(1 for a, b in zip(views, texts) if a == b)
+        return list(views), new
 
 
 @dataclass
@@ -503,9 +571,16 @@ class Augmentation(Component):
             return Augmenter(lambda texts, seeds: then(first(texts, seeds), seeds + 1))
 
         Augmentation(name="pair", summary="two in a row", factory=pair, options=PairOptions)
+
+    ``tagged``: with its default options its augmenter rewrites the tags with the words
+    (``Augmenter.tag_aware``), so it serves ``augmentation.labeled`` of a token task even though it
+    moves, inserts or deletes words; ``needs_tags``: it works on tagged examples only (never a weak or
+    strong view). Both are listed in errors; the built augmenter's own flags decide.
     """
 
     keeps_words: bool = False
+    tagged: bool = False
+    needs_tags: bool = False
 
 
 AugmentationSpec = Annotated[Any, "testbed.augmentation_spec"]
@@ -648,6 +723,37 @@ class ReportContext:
         """The results table's columns of ``group``'s metric: (last checkpoint, best on validation)."""
         metric = self.primary_metric(group)
         return f"test_{metric}", f"test_{metric}_best_val"
+
+    def findings(self, checkpoint: str = "last") -> list[str]:
+        """What the report found, a line per group: the leading cell on the group's primary metric at
+        ``checkpoint`` and the cells the paired tests call better or worse than the baseline (Holm-
+        corrected), or that none differs. ``testbed report`` prints them; the report opens with them."""
+        lines = []
+        for group in self.groups:
+            metric = self.primary_metric(group)
+            rows = [r for r in self.leaderboard if r["group"] == group and r["checkpoint"] == checkpoint and r["metric"] == metric]
+            if not rows:
+                continue
+            best = max(rows, key=lambda r: r["mean"])
+            name = "entity F1" if metric == "entity_f1" else metric.replace("_", " ")
+            line = f"{group}: {best['cell']} leads, {name} {best['mean']:.4f} over {best['n_seeds']} seeds"
+            tested = [r for r in self.comparisons if r["group"] == group and r["checkpoint"] == checkpoint]
+            if tested:
+                base = tested[0]["baseline"]
+                said = {v: ", ".join(f"{r['cell']} {100 * r['mean_diff']:+.1f}" for r in tested if r["verdict"] == v)
+                        for v in ("better", "worse")}
+                found = [f"{v} than {base}: {said[v]} points" for v in ("better", "worse") if said[v]]
+                line += "; " + ("; ".join(found) if found else f"none detectably differs from {base}") + " (paired tests, Holm)"
+            lines.append(line + ".")
+        means = {g: {r["cell"]: r["mean"] for r in self.leaderboard if r["group"] == g and r["checkpoint"] == checkpoint
+                     and r["metric"] == self.primary_metric(g)} for g in self.groups}
+        common = [c for c in next(iter(means.values()), {}) if all(c in m for m in means.values())]
+        if len(means) >= 2 and len(common) >= 2:  # each cell's rank within each group (1 = best; ties share), averaged
+            rank = {c: sum(1 + sum(m[o] > m[c] for o in common) + (sum(m[o] == m[c] for o in common) - 1) / 2
+                           for m in means.values()) / len(means) for c in common}
+            ranked = ", ".join(f"{c} {rank[c]:.2f}" for c in sorted(common, key=lambda c: (rank[c], c)))
+            lines.append(f"Across the {len(means)} groups, mean rank (1 = best): {ranked}.")
+        return lines
 
     def class_name(self, group: str, index: int) -> str:
         """The name of class ``index`` in ``group``, else "class <index>"."""

@@ -12,6 +12,11 @@ holding views by (text digest, variant). Only what a run draws is computed, a ba
 and written as a new shard when the run evaluates (or FLUSH_EVERY views wait). An augmenter
 that declares ``passthrough`` (identity: its views are its texts) never touches the cache.
 
+``augmentation.labeled`` augments the labeled batch (``LabeledViews``): a labeled example's n-th draw
+is ``augment([text], [hash(text, run seed, "labeled", n)])``, never cached; a token task's examples
+go through ``Augmenter.tagged`` with their gold tags (mention replacement rewrites them), sentence
+labels stay. Identity leaves the loop the labeled examples themselves.
+
 ``summarize_augmentation`` measures an augmentation on a sample: how much it changes the text
 and whether a model still predicts the same class.
 """
@@ -29,7 +34,7 @@ import numpy as np
 
 from testbed.config import resolve_augmentation
 from testbed.store import CacheEntry, store_dir, text_digests
-from testbed.types import AugmentationContext, Augmenter
+from testbed.types import AugmentationContext, Augmenter, Texts
 
 FORMAT = 1  # joins each entry's key: a change of what a view is makes new entries
 FLUSH_EVERY = 50_000  # views held in memory before they are written without waiting for an evaluation
@@ -50,16 +55,18 @@ def _default_registry():
     return _registry_cache[0]
 
 
-def build(spec: Any, registry=None, where: str = "augmentation", pool: Sequence[str] | None = None) -> tuple[Augmenter, dict, str]:
+def build(spec: Any, registry=None, where: str = "augmentation", pool: Sequence[str] | None = None,
+          labeled: Texts | None = None, label_names: Sequence[str] = ()) -> tuple[Augmenter, dict, str]:
     """A spec (name or table) -> (augmenter, canonical spec, fingerprint). The fingerprint joins the
     ``fingerprint`` of the augmenter and of everything it composes. Augmenters are fitted on
-    ``pool`` (``Augmenter.fit``, e.g. tf-idf statistics) before their fingerprint is read."""
+    ``pool`` (``Augmenter.fit``, e.g. tf-idf statistics) before their fingerprint is read, and on a
+    tagged ``labeled`` set (``Augmenter.fit_labeled``, with the tags' ``label_names``)."""
     registry = registry or _default_registry()
     record, options, canonical = resolve_augmentation(spec, registry, where)
     nested: list[str] = []
 
     def build_nested(inner):
-        augment, _, fingerprint = build(inner, registry, f"{where} (nested)", pool)
+        augment, _, fingerprint = build(inner, registry, f"{where} (nested)", pool, labeled, label_names)
         nested.append(fingerprint)
         return augment
 
@@ -69,6 +76,8 @@ def build(spec: Any, registry=None, where: str = "augmentation", pool: Sequence[
         augment = Augmenter(augment)
     if pool is not None:
         augment.fit(list(pool))
+    if labeled is not None and labeled.tags is not None:
+        augment.fit_labeled(list(labeled.texts), list(labeled.tags), tuple(label_names))
     own = augment.fingerprint or ""
     fingerprint = own if not any(nested) else hashlib.sha256("|".join([own, *nested]).encode()).hexdigest()[:16]
     return augment, canonical, fingerprint
@@ -224,6 +233,12 @@ def open_views(cfg, pool: Sequence[str], registry=None, aligned: str | None = No
     for role in ROLES:
         spec = cfg.resolved["augmentation"][role]
         augment, canonical, fingerprint = build(spec, registry, f"augmentation.{role}", pool)
+        if getattr(augment, "needs_tags", False):
+            from testbed.errors import UserError
+
+            raise UserError(f"augmentation.{role} = {canonical['name']!r} needs gold tags, which the unlabeled pool has not; "
+                            f"use it as augmentation.labeled (the labeled batch of a token task), e.g. "
+                            f"augmentation.labeled={canonical['name']}, and another augmentation as augmentation.{role}.")
         if aligned and not getattr(augment, "keeps_words", False):
             from testbed.errors import UserError
 
@@ -242,6 +257,89 @@ def words_keeping(registry=None) -> list[str]:
     """Names of the augmentations whose views keep every word in place with their default options."""
     registry = registry or _default_registry()
     return sorted(name for name, (record, _) in registry.records["augmentation"].items() if getattr(record, "keeps_words", False))
+
+
+def tags_serving(registry=None) -> list[str]:
+    """Names of the augmentations that can augment tagged examples with their default options: they keep
+    every word in place, or rewrite the tags with the words (``Augmentation.tagged``)."""
+    registry = registry or _default_registry()
+    return sorted(name for name, (record, _) in registry.records["augmentation"].items()
+                  if getattr(record, "keeps_words", False) or getattr(record, "tagged", False))
+
+
+# --------------------------------------------------------------------------- the labeled batch
+
+
+class LabeledViews:
+    """``augmentation.labeled``: the labeled batch, augmented. A labeled example's n-th draw gets the seed
+    ``hash(text, run seed, "labeled", n)``, a fresh view every draw (the labeled set is small and
+    these views cheap: nothing is cached); its draw counts go in checkpoints, so a resumed run draws
+    the same views. Tagged examples (a token task) go through ``Augmenter.tagged`` and come back with
+    each view's tags; sentence labels stay as they were."""
+
+    def __init__(self, augment: Augmenter, spec: dict, examples: Texts, seed: int):
+        self.augment, self.spec, self.examples, self.seed = augment, spec, examples, seed
+        self.digests = text_digests(examples.texts)
+        self.draws = np.zeros(len(examples), dtype=np.int64)
+
+    def draw(self, indices) -> tuple[Texts, np.ndarray]:
+        """(the batch's examples, the rows of ``indices`` in them): the views of labeled examples ``indices``."""
+        indices = np.asarray(indices, dtype=np.int64)
+        n = np.empty(len(indices), dtype=np.int64)
+        for j, i in enumerate(indices.tolist()):  # an example drawn twice in one batch gets two views
+            n[j] = self.draws[i]
+            self.draws[i] += 1
+        seeds = view_seeds(self.digests[indices], self.seed, "labeled", n)
+        texts, examples = [self.examples.texts[i] for i in indices.tolist()], self.examples
+        if examples.tags is None:
+            views, tags = self.augment(texts, seeds), None
+        else:
+            views, tags = self.augment.tagged(texts, [examples.tags[i] for i in indices.tolist()], seeds)
+        self._check(texts, views, tags)
+        return Texts(views, examples.labels[indices], tags), np.arange(len(indices))
+
+    def _check(self, texts: list[str], views: list, tags: list[np.ndarray] | None) -> None:
+        from testbed.errors import UserError
+
+        name = self.spec["name"]
+        if len(views) != len(texts) or not all(isinstance(v, str) for v in views):
+            raise UserError(f"augmentation.labeled = {name!r} must return one string per text; got {len(views)} items for "
+                            f"{len(texts)} texts. Fix the augmentation or choose another.")
+        for text, view, tag in zip(texts, views, tags if tags is not None else [None] * len(views)):
+            if tag is not None and len(view.split()) != len(tag):
+                raise UserError(f"augmentation.labeled = {name!r} returned {len(view.split())} words with {len(tag)} tags: "
+                                f"{text[:80]!r} -> {view[:80]!r}. A tagged view needs one tag per word; fix the augmentation "
+                                "or choose another.")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"draws": self.draws.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.draws = np.asarray(state["draws"], dtype=np.int64)
+
+
+def open_labeled_views(cfg, labeled: Texts, label_names: Sequence[str], registry=None,
+                       task: str = "the token task") -> LabeledViews | None:
+    """``augmentation.labeled`` of a run, fitted on its labeled set; None for identity (the loop then
+    trains on the labeled examples themselves, at no cost). Refused before training: on tagged
+    examples (``task`` names what needs them) an augmentation that neither keeps every word in place
+    nor rewrites the tags; on sentence labels one that needs gold tags."""
+    from testbed.errors import UserError
+
+    spec = cfg.resolved["augmentation"].get("labeled", {"name": "identity"})
+    augment, canonical, _ = build(spec, registry, "augmentation.labeled", labeled=labeled, label_names=label_names)
+    name = canonical["name"]
+    if labeled.tags is None and getattr(augment, "needs_tags", False):
+        raise UserError(f"augmentation.labeled = {name!r} needs gold tags (words with a tag each, e.g. conll2003), but dataset "
+                        f"{cfg.dataset.name!r} has a label per text. Choose an augmentation for texts, e.g. augmentation.labeled=eda.")
+    if labeled.tags is not None and not getattr(augment, "serves_tags", getattr(augment, "keeps_words", False)):
+        raise UserError(f"augmentation.labeled = {name!r} neither keeps every word in place nor rewrites the tags (with these "
+                        f"options), so its views of the labeled sentences would lose the word tags {task} trains on. These work "
+                        f"(with their default options): {', '.join(tags_serving(registry))}, and sequence, one_of or "
+                        "randaugment made of them only. E.g. augmentation.labeled=mention_replace.")
+    if augment.passthrough:
+        return None
+    return LabeledViews(augment, canonical, labeled, cfg.seed)
 
 
 # --------------------------------------------------------------------------- diversity and fidelity
@@ -316,5 +414,5 @@ def summarize_augmentations(specs: Sequence[Any], texts: Sequence[str], **kwargs
     return pd.DataFrame([summarize_augmentation(spec, texts, **kwargs) for spec in specs])
 
 
-__all__ = ["ViewStream", "Views", "build", "build_augmentation", "cache_root", "open_views", "summarize_augmentation",
-           "summarize_augmentations", "text_digests", "view_entry", "view_seeds", "word_edit_stats"]
+__all__ = ["LabeledViews", "ViewStream", "Views", "build", "build_augmentation", "cache_root", "open_labeled_views", "open_views", "summarize_augmentation",
+           "summarize_augmentations", "tags_serving", "text_digests", "view_entry", "view_seeds", "word_edit_stats"]

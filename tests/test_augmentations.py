@@ -543,6 +543,10 @@ def test_fixmatch_runs_with_every_registered_augmentation_as_its_strong_view(reg
     for name in names:
         cfg = resolve(parse_overrides([*FAST, "method=fixmatch", "selector.threshold=0.0", "train.steps=2",
                                        "train.eval_every=2", f"augmentation.strong={name}", *needs.get(name, [])]), registry)
+        if registry.get("augmentation", name).needs_tags:  # NER's mention_replace etc.: augmentation.labeled of a token task only
+            with pytest.raises(UserError, match=f"augmentation.strong = '{name}' needs gold tags"):
+                execute(cfg, registry, tmp_path / "runs", progress=False)
+            continue
         run_dir, result, ran = execute(cfg, registry, tmp_path / "runs", progress=False)
         assert ran and result["steps"] == 2, name
         assert cfg.resolved["augmentation"]["strong"]["name"] == name

@@ -254,7 +254,8 @@ def test_resolved_config_has_every_option_with_its_default(registry):
                                     "layers": 2, "hidden": 128, "heads": 2, "intermediate": 512,
                                     **HF_MODEL_DEFAULTS}
     assert resolved["augmentation"] == {"weak": {"name": "identity"},
-                                        "strong": {"name": "drop_swap", "p_delete": 0.1, "p_swap": 0.1}}
+                                        "strong": {"name": "drop_swap", "p_delete": 0.1, "p_swap": 0.1},
+                                        "labeled": {"name": "identity"}}
     assert resolved["teacher"] == {"name": "self", "dropout": True}
     assert resolved["selector"] == {"name": "threshold", "threshold": 0.95, "soft": False, "temperature": 1.0}
     assert resolved["distance"] == {"name": "ce"}

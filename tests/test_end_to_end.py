@@ -179,7 +179,7 @@ def test_run_from_a_toml_file_and_a_files_dataset(tmp_path, tiny_dataset_dir):
     out = tmp_path / "runs"
     overrides = [a for a in FAST if not a.startswith("dataset.")] + ["dataset.validation_per_class=2"]
     result = invoke(["run", str(config), *overrides, "train.steps=3"], out)
-    assert "fixmatch on files (seed 0): finished" in result.output
+    assert "fixmatch on tinydata (seed 0): finished" in result.output  # a local dataset goes by its directory's name
     run_dir = only_run_dir(out)
     config_json = json.loads((run_dir / "config.json").read_text())
     assert config_json["dataset"]["path"] == str(tiny_dataset_dir) and config_json["method"] == "fixmatch"

@@ -306,16 +306,73 @@ def test_a_view_whose_word_count_differs_anyway_stops_the_run_naming_the_augment
         stream.draw(np.array([0]), np.array([0]))
 
 
-def test_the_cotraining_peer_refuses_token_tasks_for_now(registry):
-    with pytest.raises(UserError, match="teacher 'cotrain' does not do token classification yet"):
-        prepare(resolve(ner("method=cotraining"), registry), registry)
+def test_the_cotraining_peer_takes_one_adamw_step_on_labeled_words_and_the_students_confident_words(registry):
+    """The peer's loss, computed here by hand: CE on the labeled batch's words + the sum of CE on the
+    unlabeled words where the student's confidence reaches the threshold, divided by all of that
+    batch's words; one AdamW step on it gives the peer's new weights."""
+    import copy
+
+    import torch.nn.functional as F
+
+    cfg = resolve(ner("method=cotraining", "teacher.batch_size=3"), registry)
+    parts = prepare(cfg, registry)
+    teacher, student, task = parts.teacher, parts.student, parts.task
+    tokenize = lambda texts: task.encode(parts.tokenizer, texts, 48)  # noqa: E731
+    batch = TextBatch(parts.split.pool_texts[:4], tokenize)
+    teacher.probs(batch)  # the weak view the student is taught on: the peer remembers it
+    peer, labeled = copy.deepcopy(teacher.peer), parts.split.labeled
+    idx = copy.deepcopy(teacher.batches).next()
+    optimizer = torch.optim.AdamW(peer.parameters(), lr=cfg.resolved["teacher"]["lr"])
+    student.eval()
+    with torch.no_grad():
+        student_probs = student(**batch.inputs).logits.softmax(-1)
+    words = batch.inputs.words >= 0
+    confidence, pseudo = student_probs[words].max(-1)
+    teacher.threshold = float(confidence.median())  # an untrained student is barely above 1/9 anywhere: half pass
+    keep = confidence >= teacher.threshold
+    assert 0 < int(keep.sum()) < int(words.sum())  # some words pass, some do not: the mask matters
+    inputs = tokenize([labeled.texts[i] for i in idx])
+    gold = torch.as_tensor(np.concatenate([labeled.tags[i] for i in idx]))  # no word is cut at 48 tokens here
+    assert int((inputs.words >= 0).sum()) == len(gold)
+    torch.manual_seed(7)
+    peer.train()
+    loss = F.cross_entropy(peer(**inputs).logits[inputs.words >= 0], gold)
+    per_word = F.cross_entropy(peer(**batch.inputs).logits[words], pseudo, reduction="none")
+    loss = loss + per_word[keep].sum() / int(words.sum())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    torch.manual_seed(7)  # the same dropout masks
+    teacher.update(student, 1, True)
+    assert teacher.pseudo_labels == int(keep.sum()) and teacher.remembered is None
+    for (name, mine), theirs in zip(peer.named_parameters(), teacher.peer.parameters()):
+        torch.testing.assert_close(theirs, mine, msg=name)
+
+
+def test_a_cotraining_peer_of_another_backbone_meets_the_students_words(registry):
+    """A peer with its own backbone encodes the words itself: its probabilities come back at the
+    student's positions of the same words, and the student's pseudo-labels reach it at its own."""
+    cfg = resolve(ner("method=cotraining", "teacher.backbone=tiny", "teacher.threshold=0.0"), registry)
+    parts = prepare(cfg, registry)
+    assert parts.teacher.own_tokens
+    result = train(cfg, parts, progress=False).result
+    assert result["task"] == "token" and 0 <= result["test_entity_f1"] <= 1
+    assert parts.teacher.pseudo_labels > 0  # threshold 0: every word the student encoded reached the peer
+
+
+def test_the_prompt_teacher_still_refuses_token_tasks_naming_those_that_do_them(registry):
+    from testbed_plugins.prompt_teacher import PromptOptions, PromptTeacher
+
+    context = RunContext(num_classes=len(TAGS), pool_size=0, steps=1, seed=0, task=token_task(registry))
+    with pytest.raises(UserError, match="teacher 'prompt' does not do token classification yet .* self, ema, snapshot, model and cotrain"):
+        PromptTeacher(PromptOptions(), context)
 
 
 # --------------------------------------------------------------------------- end to end
 
 
 @pytest.mark.parametrize("method", ["supervised", "pseudolabel", "pimodel", "meanteacher", "uda", "fixmatch", "flexmatch",
-                                    "freematch", "softmatch", "noisy-student", "distillation"])
+                                    "freematch", "softmatch", "noisy-student", "distillation", "cotraining"])
 def test_presets_run_unchanged_on_conll2003(registry, method):
     low = "selector.threshold=0.3" if method in ("pseudolabel", "fixmatch", "uda", "noisy-student") else "seed=0"  # some pass
     extra = ["teacher.backbone=tiny", "teacher.steps=3"] if method == "distillation" else []  # a small teacher, quickly

@@ -410,10 +410,10 @@ def test_built_in_sections_come_through_the_hook_like_a_plugin_s(synthetic, tmp_
     seen: dict[str, int] = {}
     registry.pm.register(Replacement(), name="replacement")
     render_report([synthetic], tmp_path / "r", registry=registry)
-    assert seen == {"runs": 5, "leaderboard": 10, "comparisons": 20, "across": 30, "ablation": 40, "dynamics": 50,
+    assert seen == {"findings": 1, "runs": 5, "leaderboard": 10, "comparisons": 20, "across": 30, "ablation": 40, "dynamics": 50,
                     "calibration": 60, "cost": 70, "provenance": 100}
     titles = [line[3:] for line in _md(tmp_path / "r" / "index.md").splitlines() if line.startswith("## ")]
-    assert titles == ["Provenance", "Runs", "Leaderboard", "Mine", "Paired comparisons", "Across datasets", "Ablation effects",
+    assert titles == ["Provenance", "Findings", "Runs", "Leaderboard", "Mine", "Paired comparisons", "Across datasets", "Ablation effects",
                       "Training dynamics", "Calibration and per-class metrics", "Published references: USB"]
     assert "baseline cells: {'trec · 10 labels/class': 'supervised'}" in _md(tmp_path / "r" / "index.md")
 
@@ -773,3 +773,53 @@ def test_pairs_that_all_differ_by_the_same_amount_are_not_called_significant():
     result = paired_test([0.332, 0.434], [0.324, 0.426])
     assert result.p is None and result.test.startswith("not tested") and result.mean_diff == pytest.approx(0.008)
     assert verdict(result.mean_diff, None) == "not tested"
+
+
+def test_findings_open_the_report_and_are_printed(synthetic, token_runs, tmp_path):
+    """The leader and the verdicts, from the same numbers as the leaderboard and comparisons tables."""
+    printed = []
+    render_report([synthetic], tmp_path / "r", echo=printed.append)
+    md = _md(tmp_path / "r" / "index.md")
+    findings = md[md.index("## Findings"):md.index("## Runs")]
+    # fixmatch: acc + 0.1 + 0.005 * seed over the 4 seeds: mean 0.7025 + 0.1075, +10.75 points over supervised
+    trec = "trec · 10 labels/class: fixmatch leads, accuracy 0.8100 over 4 seeds; better than supervised: fixmatch +10.7 points (paired tests, Holm)."
+    assert f"- {trec}" in findings and f"  {trec}" in printed
+    assert md.index("## Findings") < md.index("## Leaderboard")
+    assert "grid file" not in findings  # none in these runs directories
+    (synthetic / "mine-0a1b2c3d.toml").write_text("# testbed grid mine.toml --out runs\nseeds = [0, 1, 2, 3]\n")
+    render_report([synthetic], tmp_path / "r")
+    md = _md(tmp_path / "r" / "index.md")
+    findings = md[md.index("## Findings"):md.index("## Runs")]
+    assert "grid file mine-0a1b2c3d.toml" in findings and "# testbed grid mine.toml --out runs" in findings
+    render_report([token_runs], tmp_path / "t")
+    md = _md(tmp_path / "t" / "index.md")
+    # entity F1 (not token accuracy, where pseudolabel leads): fixmatch 0.50 + 0.013 * seed, seeds 0-2; pseudolabel
+    # 0.41 + 0.016 * seed against supervised's 0.40 + 0.01 * seed differs by a steady 1.6 points on average
+    assert ("- conll2003 · 50 labeled sentences: fixmatch leads, entity F1 0.5130 over 3 seeds; better than supervised: "
+            "fixmatch +10.3, pseudolabel +1.6 points (paired tests, Holm).") in md
+
+
+def test_findings_say_when_nothing_differs(tmp_path):
+    out = tmp_path / "runs"
+    for seed, acc in enumerate((0.70, 0.72, 0.68)):
+        fake_run(out, f"a{seed:011x}", "supervised", seed, acc)
+        fake_run(out, f"b{seed:011x}", "pseudolabel", seed, acc + (0.01, -0.01, 0.004)[seed])
+    render_report([out], tmp_path / "r")
+    md = _md(tmp_path / "r" / "index.md")
+    # pseudolabel: 0.70 + 0.004 / 3 on average, with differences of +1, -1 and +0.4 points: no detectable difference
+    assert "- trec · 10 labels/class: pseudolabel leads, accuracy 0.7013 over 3 seeds; none detectably differs from supervised" in md
+
+
+def test_findings_rank_the_cells_across_groups(tmp_path):
+    out = tmp_path / "runs"
+    means = {"trec": {"supervised": 0.70, "fixmatch": 0.80, "pseudolabel": 0.75}, "sst2": {"supervised": 0.60, "fixmatch": 0.65, "pseudolabel": 0.65}}
+    n = 0
+    for dataset, cells in means.items():
+        for method, mean in cells.items():
+            for seed, offset in enumerate((0.01, -0.01, 0.0)):
+                fake_run(out, f"{n:012x}", method, seed, mean + offset, dataset=dataset)
+                n += 1
+    render_report([out], tmp_path / "r")
+    md = _md(tmp_path / "r" / "index.md")
+    # ranks: trec fixmatch 1, pseudolabel 2, supervised 3; sst2 fixmatch and pseudolabel tie at 1.5, supervised 3
+    assert "- Across the 2 groups, mean rank (1 = best): fixmatch 1.25, pseudolabel 1.75, supervised 3.00." in md
