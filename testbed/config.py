@@ -149,6 +149,9 @@ IN_RUN_ID_UNLESS = {("train", "device"): "auto", ("train", "precision"): "fp32",
                     ("augmentation", "labeled"): {"name": "identity"},  # added with NER augmentations of the labeled batch
                     ("dataset", "test_fraction"): 0.0,  # the files dataset's split of one labelled file
                     ("dataset", "label"): ""}  # the dataset's name in reports
+# Those every resolved config has: a run whose config.json lacks one was written before it existed and
+# ran as its default, which reports fill in (selector.per_class and backbone.lora come with some choices only)
+EVERY_RUN_HAS = {key: value for key, value in IN_RUN_ID_UNLESS.items() if key not in {("selector", "per_class"), ("backbone", "lora")}}
 
 
 @dataclass(frozen=True)

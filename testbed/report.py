@@ -95,6 +95,31 @@ def implied_keys_dropped(frame, keys: list[str]) -> list[str]:
     return kept
 
 
+def _cell_value(value) -> str:
+    """A value in a cell's name; a strategy spec (a dict with a name, or a list of them, as a
+    composition's steps) as ``name(option=value, ...)``: short, and still telling two cells apart."""
+    def spec(item) -> str:
+        options = ", ".join(f"{k}={_cell_value(v)}" for k, v in sorted(item.items()) if k != "name")
+        return f"{item['name']}({options})" if options else str(item["name"])
+
+    if isinstance(value, dict) and "name" in value:
+        return spec(value)
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
+        return f"[{', '.join(spec(v) for v in value)}]"
+    return format_value(value)
+
+
+def _cell_name(keys: list[str], values: tuple, varies_within: dict) -> str:
+    """``method=fixmatch, selector=flexmatch``; a lone ``method`` key is its bare value. Left out:
+    keys that do not vary within this cell's method, and keys this cell does not set (``–``) when
+    others name it."""
+    shown = [(k, v) for k, v in zip(keys, values) if k not in varies_within or varies_within[k][_hashable(values[0])] > 1]
+    if len(keys) == 1 and keys[0] == "method":
+        return format_value(values[0])
+    named = [(k, v) for k, v in shown if format_value(v) != "–"] or shown
+    return ", ".join(f"{_short(k)}={_cell_value(v)}" for k, v in named) or "(all runs)"
+
+
 def load_report_table(runs_dirs: Sequence[str | Path], group_by: Sequence[str] = (), compare_to: Sequence[str | Path] = ()):
     """The runs of every directory as one DataFrame: load_results columns (all config keys), the
     extra result.json fields, ``runs_dir``, ``set``, ``group`` and ``cell`` labels; and the cell keys.
@@ -168,10 +193,8 @@ def load_report_table(runs_dirs: Sequence[str | Path], group_by: Sequence[str] =
     if "method" in cell_keys and not group_by:
         by_method = frame.groupby(frame["method"].map(_hashable))
         varies_within = {k: by_method[k].agg(lambda s: len({_hashable(v) for v in s})).to_dict() for k in cell_keys if k != "method"}
-    frame["cell"] = [", ".join(f"{_short(k)}={format_value(v)}" if k != "method" or len(cell_keys) > 1 else format_value(v)
-                               for k, v in zip(cell_keys, values)
-                               if k not in varies_within or varies_within[k][_hashable(values[0])] > 1) or "(all runs)"
-                     for values in zip(*(frame[k] for k in cell_keys))] if cell_keys else "(all runs)"
+    frame["cell"] = [_cell_name(cell_keys, values, varies_within) for values in zip(*(frame[k] for k in cell_keys))] \
+        if cell_keys else "(all runs)"
     if compare_to:  # the two sets side by side: every cell says which it is, and the set is a cell key (an ablation axis)
         frame["cell"] = [label if cell == "(all runs)" else f"{cell} [{label}]" for cell, label in zip(frame["cell"], frame["set"])]
         cell_keys = [*cell_keys, "set"]

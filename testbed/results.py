@@ -112,9 +112,14 @@ def results_frame(runs: list[dict], all_columns: bool = False):
     """``load_results`` of runs already read by ``scan_runs``."""
     import pandas as pd
 
-    from testbed.config import NOT_IN_RUN_ID
+    from testbed.config import EVERY_RUN_HAS, NOT_IN_RUN_ID
 
-    configs = [flatten(r["config"]) for r in runs]
+    # a key added later is its default in the configs of runs from before it: the same run, not another cell
+    later = {}
+    for (section, key), value in EVERY_RUN_HAS.items():
+        later.update(flatten({section: {key: value}}))
+    configs = [({k: v for k, v in later.items() if k not in config} | config) if config else config
+               for config in (flatten(r["config"]) for r in runs)]
     keys: list[str] = []
     for config in configs:
         keys.extend(k for k in config if k not in keys)

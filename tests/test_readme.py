@@ -67,3 +67,32 @@ def test_the_from_python_example_runs(tmp_path):
     lines = done.stdout.splitlines()
     assert lines[1] == "4 0" and lines[2] == "reports/first/index.html"  # 4 runs done, none failed; the report's page
     assert (tmp_path / "reports" / "first" / "index.md").is_file() and len(list((tmp_path / "runs" / "first").glob("*/result.json"))) == 4
+
+
+@pytest.mark.slow
+def test_make_demo_ends_in_a_report_that_says_what_it_found(tmp_path, monkeypatch):
+    """`make demo`'s two commands as the Makefile writes them, on the demo grid with its encoder and
+    sizes made tiny (a 1-layer random encoder, slices of the data, 3 steps): a report of every cell
+    and the printed findings, a line per dataset and the mean rank across them."""
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^demo: install\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    commands = [line.strip().replace("$(VENV)/bin/", "").split(maxsplit=1) for line in recipe.splitlines()]
+    assert [c[0] for c in commands] == ["testbed", "testbed"]
+    import shlex
+
+    grid, report = (shlex.split(c[1]) for c in commands)
+    assert grid[:2] == ["grid", "examples/demo_grid.toml"] and report[:2] == ["report", "runs/demo"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "demo_grid.toml").write_text((ROOT / "examples" / "demo_grid.toml").read_text())
+    tiny = ["backbone.encoder=tiny", "train.steps=3", "train.eval_every=3", "dataset.unlabeled_limit=40", "dataset.test_limit=40",
+            "dataset.validation_per_class=2", "train.threads=1"]
+    ran = CliRunner().invoke(main, grid + tiny)
+    assert ran.exit_code == 0, ran.output
+    printed = CliRunner().invoke(main, report)
+    assert printed.exit_code == 0, printed.output
+    assert "24 runs (24 finished)" in printed.output
+    assert re.search(r"^  ag_news · 10 labels/class: \S+ leads, accuracy", printed.output, re.M)
+    assert re.search(r"^  trec · 10 labels/class: \S+ leads, accuracy", printed.output, re.M)
+    assert re.search(r"^  Across the 2 groups, mean rank \(1 = best\): ", printed.output, re.M)
+    assert (tmp_path / "runs" / "demo" / "report" / "index.html").is_file()

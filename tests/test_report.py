@@ -823,3 +823,32 @@ def test_findings_rank_the_cells_across_groups(tmp_path):
     md = _md(tmp_path / "r" / "index.md")
     # ranks: trec fixmatch 1, pseudolabel 2, supervised 3; sst2 fixmatch and pseudolabel tie at 1.5, supervised 3
     assert "- Across the 2 groups, mean rank (1 = best): fixmatch 1.25, pseudolabel 1.75, supervised 3.00." in md
+
+
+def test_a_key_added_later_is_its_default_in_older_runs_configs(tmp_path):
+    """Runs from before augmentation.labeled and dataset.label existed ran as their defaults: they
+    are the same cell as new runs that leave them at the defaults, and only the varied value names a cell."""
+    out = tmp_path / "runs"
+    for seed, acc in enumerate((0.70, 0.72, 0.68)):
+        fake_run(out, f"a{seed:011x}", "supervised", seed, acc)  # an older run: neither key in config.json
+        fake_run(out, f"b{seed:011x}", "supervised", seed, acc + 0.01)
+        fake_run(out, f"c{seed:011x}", "supervised", seed, acc + 0.02)
+        for prefix, labeled in (("b", {"name": "identity"}), ("c", {"name": "mention_replace", "p": 0.3})):
+            path = out / f"{prefix}{seed:011x}" / "config.json"
+            config = json.loads(path.read_text())
+            config["dataset"]["label"], config["augmentation"] = "", {"labeled": labeled}
+            path.write_text(json.dumps(config))
+    from testbed.report import load_report_table
+
+    frame, keys = load_report_table([out])
+    assert keys == ["augmentation.labeled.name"]  # not dataset.label, nor the older runs' missing keys
+    cells = frame.groupby("cell").run_id.apply(lambda ids: sorted(i[0] for i in ids)).to_dict()
+    assert cells == {"augmentation.labeled=identity": ["a"] * 3 + ["b"] * 3, "augmentation.labeled=mention_replace": ["c"] * 3}
+    # a composition's steps name a cell by their names and options, not as JSON
+    for run, second in (("c00000000000", '{"name": "mention_replace", "p": 0.3}'), ("c00000000001", '{"name": "segment_shuffle"}')):
+        path = out / run / "config.json"
+        path.write_text(path.read_text().replace('{"name": "mention_replace", "p": 0.3}',
+                                                 f'{{"name": "one_of", "choices": [{{"name": "identity"}}, {second}]}}'))
+    frame, keys = load_report_table([out])
+    assert {"augmentation.labeled=one_of, augmentation.labeled.choices=[identity, mention_replace(p=0.3)]",
+            "augmentation.labeled=one_of, augmentation.labeled.choices=[identity, segment_shuffle]"} <= set(frame.cell)
