@@ -94,7 +94,8 @@ def findings_section(results, context) -> ReportSection:
     note = (f"Last checkpoint; the leader is the highest mean, and *better*/*worse* are the paired comparisons against "
             f"the baseline below at α = {ALPHA} after Holm's correction.")
     # the grid files `testbed grid` kept in the runs directories: what was run, with the commands in their comments
-    grids = [ReportDetails(summary=f"grid file {p.name} ({p.parent})", text=p.read_text(encoding="utf-8", errors="replace"))
+    grids = [ReportDetails(summary=f"grid file {p.name} ({p.parent})", text=p.read_text(encoding="utf-8", errors="replace"),
+                           language="toml")
              for p in sorted(p for d in context.runs_dirs for p in Path(d).glob("*.toml"))]
     return ReportSection(name="findings", title="Findings", blocks=(*blocks, note, *grids), order=1)
 

@@ -421,7 +421,7 @@ def render(sections: list[ReportSection], out_dir: Path, title: str) -> tuple[st
                 body.append(f'<figure><img src="{file}" alt="{html.escape(block.caption or block.name)}">'
                             f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
             elif isinstance(block, ReportDetails):
-                md += [f"<details><summary>{html.escape(block.summary)}</summary>", "", "```json", block.text, "```", "", "</details>", ""]
+                md += [f"<details><summary>{html.escape(block.summary)}</summary>", "", f"```{block.language}", block.text, "```", "", "</details>", ""]
                 body.append(f"<details><summary>{html.escape(block.summary)}</summary><pre>{html.escape(block.text)}</pre></details>")
             elif hasattr(block, "itertuples"):
                 md += [_md_table(block), ""]

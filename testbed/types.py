@@ -672,6 +672,7 @@ class ReportDetails:
 
     summary: str
     text: str
+    language: str = "json"  # the Markdown fence's language: json, toml, text
 
 
 @dataclass(frozen=True)

@@ -790,7 +790,7 @@ def test_findings_open_the_report_and_are_printed(synthetic, token_runs, tmp_pat
     render_report([synthetic], tmp_path / "r")
     md = _md(tmp_path / "r" / "index.md")
     findings = md[md.index("## Findings"):md.index("## Runs")]
-    assert "grid file mine-0a1b2c3d.toml" in findings and "# testbed grid mine.toml --out runs" in findings
+    assert "grid file mine-0a1b2c3d.toml" in findings and "```toml\n# testbed grid mine.toml --out runs" in findings
     render_report([token_runs], tmp_path / "t")
     md = _md(tmp_path / "t" / "index.md")
     # entity F1 (not token accuracy, where pseudolabel leads): fixmatch 0.50 + 0.013 * seed, seeds 0-2; pseudolabel
