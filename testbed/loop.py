@@ -364,7 +364,9 @@ def train(cfg: RunConfig, parts: Parts, on_evaluation: Callable[[dict], None] = 
     for step in bar:
         idx = labeled.next()
         # augmentation.labeled: the batch's views (a token task's with their rewritten tags) and idx's rows in them
+        drawing = time.perf_counter()
         examples, rows = (split.labeled, idx) if parts.labeled_views is None else parts.labeled_views.draw(idx)
+        augment_seconds += time.perf_counter() - drawing
         inputs = tokens([examples.texts[i] for i in rows])
         with half():
             logits = student(**inputs).logits

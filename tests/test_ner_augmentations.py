@@ -335,3 +335,14 @@ def test_testbed_plugins_lists_them_with_their_summaries():
                           ("segment_shuffle", "the words of each same-label segment shuffled")):
         assert f"augmentation  {name}: NER (augmentation.labeled): {summary}" in listing.output
     assert "  augmentation  mention_replace, o_synonym, segment_shuffle" in CliRunner().invoke(main, ["plugins"]).output
+
+
+def test_the_time_spent_augmenting_the_labeled_batch_counts_in_augment_seconds(registry):
+    import time
+
+    cfg = resolve(ner("augmentation.labeled=segment_shuffle"), registry)
+    parts = prepare(cfg, registry)
+    draw = parts.labeled_views.draw
+    parts.labeled_views.draw = lambda idx: time.sleep(0.05) or draw(idx)  # a slow augmentation, 0.05 s a batch
+    result = train(cfg, parts, progress=False).result
+    assert result["augment_seconds"] >= 0.05 * cfg.train.steps  # supervised: no unlabeled views, only the labeled ones
