@@ -381,11 +381,18 @@ def _html_table(frame) -> str:
 
 
 def _html_text(text: str) -> str:
+    """A Markdown paragraph, or a list when every line starts with "- ": bold, italics and code inline."""
+    lines = text.splitlines()
+    if lines and all(line.startswith("- ") for line in lines):
+        return "<ul>" + "".join(f"<li>{_html_inline(line[2:])}</li>" for line in lines) + "</ul>"
+    return f"<p>{_html_inline(text)}</p>"
+
+
+def _html_inline(text: str) -> str:
     out = html.escape(text)
     out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
     out = re.sub(r"\*(.+?)\*", r"<em>\1</em>", out)
-    out = re.sub(r"`(.+?)`", r"<code>\1</code>", out)
-    return f"<p>{out}</p>"
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
 
 
 def _slug(text: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -784,6 +785,7 @@ def test_findings_open_the_report_and_are_printed(synthetic, token_runs, tmp_pat
     # fixmatch: acc + 0.1 + 0.005 * seed over the 4 seeds: mean 0.7025 + 0.1075, +10.75 points over supervised
     trec = "trec · 10 labels/class: fixmatch leads, accuracy 0.8100 over 4 seeds; better than supervised: fixmatch +10.7 points (paired tests, Holm)."
     assert f"- {trec}" in findings and f"  {trec}" in printed
+    assert f"<ul><li>{html.escape(trec)}</li></ul>" in (tmp_path / "r" / "index.html").read_text()  # a list in HTML too
     assert md.index("## Findings") < md.index("## Leaderboard")
     assert "grid file" not in findings  # none in these runs directories
     (synthetic / "mine-0a1b2c3d.toml").write_text("# testbed grid mine.toml --out runs\nseeds = [0, 1, 2, 3]\n")
