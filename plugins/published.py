@@ -128,4 +128,8 @@ def published_section(results, context, table: PublishedTable, order: int = 80) 
 
 @hookimpl
 def testbed_report_sections(results, context):
+    # USB's tables are sentence classification (error rates); a report of token-task runs only
+    # (NER) has nothing to set beside them, so the section is left out rather than saying so.
+    if "task" in results and len(results) and (results["task"] == "token").all():
+        return []
     return [published_section(results, context, USB_NLP)]

@@ -587,6 +587,13 @@ def test_token_groups_are_ranked_and_compared_on_entity_f1(token_runs, tmp_path)
     assert "| fixmatch |" in cost and "+10.30" in cost  # gain in entity F1 points
 
 
+def test_a_token_only_report_leaves_out_the_usb_references(token_runs, synthetic, tmp_path):
+    render_report([token_runs], tmp_path / "ner")
+    assert "Published references: USB" not in _md(tmp_path / "ner" / "index.md")
+    render_report([synthetic, token_runs], tmp_path / "both")  # a sentence group: the section is back
+    assert "## Published references: USB" in _md(tmp_path / "both" / "index.md")
+
+
 def test_a_report_of_sentence_and_token_groups_keeps_each_groups_metric(token_runs, synthetic, tmp_path):
     render_report([synthetic], tmp_path / "sentence")
     render_report([synthetic, token_runs], tmp_path / "both")
