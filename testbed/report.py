@@ -117,7 +117,17 @@ def _cell_name(keys: list[str], values: tuple, varies_within: dict) -> str:
     if len(keys) == 1 and keys[0] == "method":
         return format_value(values[0])
     named = [(k, v) for k, v in shown if format_value(v) != "–"] or shown
-    return ", ".join(f"{_short(k)}={_cell_value(v)}" for k, v in named) or "(all runs)"
+    return ", ".join(f"{_short(k)}={_cell_value(v)}" for k, v in _names_first(named)) or "(all runs)"
+
+
+def _names_first(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """A seam's name before its options (``selector=topk, selector.fraction=0.2``, not the
+    alphabetical ``selector.fraction=0.2, selector=topk``); seams keep their order."""
+    seam = lambda key: _short(key) if key.endswith(".name") else key.rsplit(".", 1)[0]  # noqa: E731
+    first = {}
+    for i, (key, _) in enumerate(pairs):
+        first.setdefault(seam(key), i)
+    return sorted(pairs, key=lambda kv: (first[seam(kv[0])], not kv[0].endswith(".name")))
 
 
 def load_report_table(runs_dirs: Sequence[str | Path], group_by: Sequence[str] = (), compare_to: Sequence[str | Path] = ()):

@@ -162,6 +162,22 @@ def test_flexmatch_learns_per_tag_from_the_words_of_the_pool(registry, tokenizer
     assert flex.stats()["seen_fraction"] == 1.0
 
 
+def test_class_balanced_top_k_ranks_the_words_of_each_tag_among_themselves(registry, tokenizer):
+    """The entity-aware choice: a tag's words compete with each other, not with the O words, so an
+    entity word under a global threshold can be kept while a confident O word is dropped."""
+    rows, _ = pool_rows(registry, tokenizer)
+    record = registry.get("selector", "topk")
+    ctx = RunContext(num_classes=3, pool_size=5, steps=10, seed=0)
+    # "count": k = ceil(1.0 · 5 words / 3 tags) = 2 per tag. O's words by confidence: a 0.97, d 0.96,
+    # c 0.50 -> a, d; tag 1's: b 0.96, e 0.85 -> both (e is under 0.95); tag 2 has none
+    count = record.factory(record.options(fraction=1.0), ctx).select(ROW_PROBS, torch.as_tensor(rows), 1)
+    assert count.weights.tolist() == [1.0, 1.0, 1.0, 1.0, 0.0]
+    assert torch.equal(count.targets, torch.eye(3)[[0, 1, 0, 1, 0]])
+    # CBST's "proportion" 0.5: floor(0.5 · 3) = 1 O word (a) and floor(0.5 · 2) = 1 tag-1 word (b)
+    cbst = record.factory(record.options(fraction=0.5, per_class="proportion"), ctx).select(ROW_PROBS, torch.as_tensor(rows), 1)
+    assert cbst.weights.tolist() == [0.0, 0.0, 1.0, 1.0, 0.0]
+
+
 def test_sentence_level_selection_keeps_a_sentence_only_when_all_its_tokens_pass():
     weights = torch.tensor([1.0, 0.5, 0.0, 1.0, 1.0, 0.25])
     owners = np.array([0, 0, 0, 1, 1, 2])

@@ -485,6 +485,19 @@ def test_cells_are_named_by_the_varied_choices_not_the_options_that_come_with_th
     assert "method=fixmatch, augmentation.strong=drop_swap, augmentation.strong.p_delete=0.3" in set(frame.cell)
 
 
+def test_a_seams_name_comes_before_its_options_in_a_cells_name(tmp_path):
+    """``selector=topk, selector.fraction=0.2``: the name first, though "fraction" sorts before "name"."""
+    from testbed.report import load_report_table
+
+    for seed in range(2):
+        for i, fraction in enumerate((0.2, 0.5)):
+            fake_run(tmp_path, f"{i}{seed:011x}", "pseudolabel", seed, 0.7, extra={"selector": {"fraction": fraction, "name": "topk"}})
+        fake_run(tmp_path, f"t{seed:011x}", "pseudolabel", seed, 0.7, extra={"selector": {"name": "threshold"}})
+    frame, keys = load_report_table([tmp_path])
+    assert keys == ["selector.fraction", "selector.name"]  # as config.json has them: the option first
+    assert set(frame.cell) == {"selector=topk, selector.fraction=0.2", "selector=topk, selector.fraction=0.5", "selector=threshold"}
+
+
 def test_damaged_run_files_are_listed_with_the_fix_not_counted(synthetic, tmp_path):
     (synthetic / "000000000000" / "result.json").write_text('{"test_accuracy": 0.5,')  # cut short by hand
     (synthetic / "000000000001" / "config.json").write_text("garbage")
